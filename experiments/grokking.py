@@ -1,0 +1,223 @@
+"""Grokking as representation learning: Liu et al. (2022), "Towards Understanding
+Grokking: An Effective Theory of Representation Learning", arXiv 2205.10343.
+
+Question: when does a network that learns addition from a few of the p(p+1)/2 pairs
+generalise, and when does it only memorise? The paper's answer: it generalises when the
+symbol representation becomes linear (RQI -> 1) before the decoder has memorised the
+training pairs. One run gives the curves of Figure 2 and one cell of the phase
+diagrams (Figure 6): threshold steps t_train, t_test, t_rqi and the phase.
+
+    python experiments/grokking.py                              # the toy model, 1e4 steps
+    python experiments/grokking.py with paper                   # the paper's defaults exactly
+    python experiments/grokking.py with p=10 train_fraction=0.45
+    python experiments/grokking.py with sacred_script           # the repository's script model
+"""
+import tempfile
+from pathlib import Path
+
+import torch
+from sacred import Experiment
+
+import observers
+from analysis import figures
+from toymodels.grokking import (ACTIVATIONS, DTYPES, LOSSES, OPTIMIZERS, REPRESENTATIONS, Objective,
+                                OptimizerSettings, ToyAdditionModel, make_addition_task, n_pairs, n_train_pairs,
+                                train)
+from toymodels.phases import classify_phase
+from toymodels.representation import degrees_of_freedom
+
+ex = observers.attach(Experiment("grokking"))
+
+
+@ex.config
+def config():
+    # --- task
+    p = 10  # symbols 0..p-1; samples are the pairs (i, j), i <= j, labelled i + j (2p - 1 classes)
+    train_fraction = 0.8  # fraction of the p(p+1)/2 pairs used for training (rounded); the rest is the test set
+    # --- model
+    representation = "embedding"  # "embedding": free table (paper); "encoder": MLP over random symbol vectors
+    hidden_rep_dim = 1  # dimension of each symbol's representation
+    init_scale = 1.0  # the embedding table starts uniform(-0.5, 0.5) * init_scale
+    symbol_rep_dim = 10  # encoder only: dimension of the fixed random symbol vectors
+    encoder_width = 200  # encoder only
+    encoder_depth = 3  # encoder only: number of linear layers
+    decoder_width = 200
+    decoder_depth = 3  # number of linear layers: hidden_rep_dim -> 200 -> 200 -> output
+    activation = "tanh"  # nonlinearity of encoder and decoder
+    loss = "mse"  # "mse" onto fixed random target vectors, or "cross_entropy" over the 2p - 1 sums
+    target_dim = 30  # MSE only: dimension of the random target vector of each sum
+    dtype = "float32"
+    # --- optimisation (full batch; encoder_* applies to the representation, table or encoder MLP)
+    optimizer = "adamw"  # "adamw": decoupled weight decay (paper); "adam": coupled L2 (repository script)
+    encoder_lr = 1e-3
+    decoder_lr = 1e-4
+    encoder_weight_decay = 0.0
+    decoder_weight_decay = 0.0
+    train_steps = 10000  # the paper's figures; its defaults use 5000 and its phase diagrams 1e5
+    # --- measurement
+    acc_threshold = 0.9  # t_train / t_test: first step with accuracy >= this
+    rqi_threshold = 0.95  # t_rqi: first step with RQI > this
+    parallelogram_tolerance = 0.01  # a parallelogram is present when its mean squared closing error is below this
+    phase_margin = 1000  # Delta: t_test - t_train below it is comprehension, above it grokking
+    log_every = max(1, train_steps // 1000)  # metric cadence; threshold steps are logged as well
+    torch_threads = 1  # the toy model is too small to gain from more threads
+    seed = 0  # seeds the split, the targets and the initialisation
+
+
+@ex.named_config
+def paper():
+    """The paper's toy-model defaults exactly: 45 of the 55 pairs, 5000 steps."""
+    p = 10
+    train_fraction = 45 / 55
+    representation = "embedding"
+    hidden_rep_dim = 1
+    loss = "mse"
+    target_dim = 30
+    optimizer = "adamw"
+    encoder_lr = 1e-3
+    decoder_lr = 1e-4
+    encoder_weight_decay = 0.0
+    decoder_weight_decay = 0.0
+    train_steps = 5000
+
+
+@ex.named_config
+def cross_entropy():
+    """The paper's cross-entropy variant: logits over the 2p - 1 sums."""
+    loss = "cross_entropy"
+
+
+@ex.named_config
+def embedding_2d():
+    """Two-dimensional symbol embeddings, as in the paper's representation figures."""
+    hidden_rep_dim = 2
+
+
+@ex.named_config
+def sacred_script():
+    """The repository's scripts/run_toy_model.py: random symbol vectors through an encoder
+    MLP, Adam with coupled L2, float64, output symbol vectors of dimension symbol_rep_dim."""
+    representation = "encoder"
+    symbol_rep_dim = 10
+    target_dim = 10
+    optimizer = "adam"
+    dtype = "float64"
+    encoder_lr = 1e-3
+    decoder_lr = 1e-3
+    train_steps = 50000
+
+
+@ex.config_hook
+def validate(config, command_name, logger):
+    """Refuse values the experiment cannot run, before any run is recorded."""
+    choices = {"representation": REPRESENTATIONS, "loss": LOSSES, "optimizer": OPTIMIZERS,
+               "activation": tuple(ACTIVATIONS), "dtype": tuple(DTYPES)}
+    for key, allowed in choices.items():
+        if config[key] not in allowed:
+            raise observers.ConfigError(f"{key}={config[key]!r} is not allowed: use one of {', '.join(allowed)}")
+    integers = {"p": 2, "train_steps": 1, "hidden_rep_dim": 1, "decoder_width": 1, "decoder_depth": 1,
+                "encoder_width": 1, "encoder_depth": 1, "symbol_rep_dim": 1, "target_dim": 1, "log_every": 1,
+                "torch_threads": 1}
+    for key, minimum in integers.items():
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise observers.ConfigError(f"{key}={value!r} is not allowed: {key} must be an integer >= {minimum}")
+    for key in ("encoder_lr", "decoder_lr"):
+        if not config[key] > 0:
+            raise observers.ConfigError(f"{key}={config[key]!r} is not allowed: {key} must be > 0")
+    for key in ("encoder_weight_decay", "decoder_weight_decay", "init_scale", "phase_margin"):
+        if not config[key] >= 0:
+            raise observers.ConfigError(f"{key}={config[key]!r} is not allowed: {key} must be >= 0")
+    fraction, p = config["train_fraction"], config["p"]
+    if not 0 < fraction < 1:
+        raise observers.ConfigError(f"train_fraction={fraction!r} is not allowed: it must be between 0 and 1 "
+                                    "(exclusive), the fraction of pairs used for training")
+    n_train = n_train_pairs(p, fraction)
+    if not 0 < n_train < n_pairs(p):
+        raise observers.ConfigError(f"train_fraction={fraction!r} is not allowed for p={p}: it gives {n_train} of "
+                                    f"{n_pairs(p)} pairs for training; both splits need at least one pair")
+    for key in ("acc_threshold", "rqi_threshold"):
+        if not 0 < config[key] <= 1:
+            raise observers.ConfigError(f"{key}={config[key]!r} is not allowed: {key} must be in (0, 1]")
+    return {}
+
+
+# ------------------------------------------------------------------ data and model
+@ex.capture
+def build_task(p, train_fraction, seed):
+    return make_addition_task(p, train_fraction, seed)
+
+
+@ex.capture
+def build_objective(task, loss, target_dim, dtype, seed):
+    return Objective(loss, task.n_classes, target_dim, seed, dtype=DTYPES[dtype])
+
+
+@ex.capture
+def build_model(output_dim, p, hidden_rep_dim, representation, init_scale, symbol_rep_dim, encoder_width,
+                encoder_depth, decoder_width, decoder_depth, activation, dtype, seed):
+    torch.manual_seed(seed)
+    model = ToyAdditionModel(p, hidden_rep_dim, output_dim, representation, init_scale, symbol_rep_dim,
+                             encoder_width, encoder_depth, decoder_width, decoder_depth, activation, seed=seed)
+    return model.to(DTYPES[dtype])
+
+
+@ex.capture
+def optimizer_settings(optimizer, encoder_lr, decoder_lr, encoder_weight_decay, decoder_weight_decay):
+    return OptimizerSettings(optimizer, encoder_lr, decoder_lr, encoder_weight_decay, decoder_weight_decay)
+
+
+@ex.automain
+def main(_run, train_steps, log_every, acc_threshold, rqi_threshold, parallelogram_tolerance, phase_margin,
+         torch_threads):
+    torch.set_num_threads(torch_threads)
+    task = build_task()
+    objective = build_objective(task)
+    model = build_model(objective.output_dim)
+    # A test pair whose sum never occurs in training cannot be predicted: its target is
+    # never seen. This bounds test accuracy whatever the representation (the paper's
+    # "ideal accuracy" when the training set fixes the structure, dof = 2).
+    train_sums = set(task.labels[task.train_mask].tolist())
+    test_sums = task.labels[~task.train_mask].tolist()
+    split = {"n_train": int(task.train_mask.sum()), "n_test": len(test_sums),
+             "dof": degrees_of_freedom(task.train_pairs.numpy(), task.p),
+             "reachable_test_acc": sum(s in train_sums for s in test_sums) / len(test_sums)}
+
+    curves = {}
+
+    def log(_, step, metrics):
+        for name, value in metrics.items():
+            _run.log_scalar(name, value, step)
+            steps, values = curves.setdefault(name, ([], []))
+            steps.append(step)
+            values.append(value)
+
+    [outcome] = train(model, task, objective, optimizer_settings(), train_steps, log_every, on_log=log,
+                      acc_threshold=acc_threshold, rqi_threshold=rqi_threshold,
+                      rqi_tolerance=parallelogram_tolerance)
+
+    result = {
+        "t_train": outcome.t_train, "t_test": outcome.t_test, "t_rqi": outcome.t_rqi,
+        "phase": classify_phase(outcome.t_train, outcome.t_test, train_steps, phase_margin),
+        "final_train_acc": outcome.final["train.acc"], "final_test_acc": outcome.final["test.acc"],
+        "final_rqi": outcome.final["rqi"], "steps": outcome.steps, **split,
+    }
+    _run.info.update(result)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        thresholds = {"t_train": outcome.t_train, "t_test": outcome.t_test, "t_rqi": outcome.t_rqi}
+        title = f"phase: {result['phase']}"
+        _run.add_artifact(figures.save(figures.training_curves(curves, thresholds, title),
+                                       tmp / "training_curves.png"), "training_curves.png")
+        embedding = model.symbol_representations().detach().double().numpy()
+        _run.add_artifact(figures.save(figures.representation(embedding, "learned symbol representation"),
+                                       tmp / "representation.png"), "representation.png")
+        torch.save(model.state_dict(), tmp / "model.pt")
+        _run.add_artifact(str(tmp / "model.pt"), "model.pt")
+
+    print(f"run {_run._id}: {observers.describe(_run)}")
+    print(f"phase {result['phase']}: t_train={outcome.t_train} t_test={outcome.t_test} t_rqi={outcome.t_rqi}; "
+          f"final train acc {result['final_train_acc']:.3f}, test acc {result['final_test_acc']:.3f} "
+          f"(at most {split['reachable_test_acc']:.2f} for this split), RQI {result['final_rqi']:.3f}")
+    return result

@@ -1,0 +1,108 @@
+"""How Toylab runs are recorded: the one place that attaches observers to an experiment.
+
+- Default (the embedded default): Sacred file storage under ``./runs``, or under
+  ``TOYLAB_RUNS_DIR`` when set.
+- ``TOYLAB_MONGO_URL`` set: MongoDB instead, database ``TOYLAB_MONGO_DB`` (default
+  ``sacred``). The URL may carry a password; it is read from the environment only and
+  never written to a run record, a log line or captured output.
+- The command line already names an observer (``-F DIR``, ``-m ...``) or asks for an
+  unobserved run (``-u``), or code attached an observer itself: nothing is added.
+
+``attach(ex)`` also keeps progress bars out of the captured output and turns SIGTERM
+into an interrupt, so a killed run ends INTERRUPTED with its metrics so far.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+from sacred import Experiment
+from sacred.observers import FileStorageObserver, MongoObserver
+from sacred.utils import SacredError, SacredInterrupt, apply_backspaces_and_linefeeds
+
+# Command-line options of Sacred that attach an observer of their own.
+_OBSERVER_OPTIONS = ("--file_storage", "--mongo_db", "--sql", "--tiny_db", "--s3", "--gcs", "--queue")
+
+
+class ConfigError(SacredError):
+    """A config value outside what the experiment allows; printed as one line."""
+
+    def __init__(self, message: str):
+        super().__init__(message, print_traceback=False)
+
+
+class Terminated(SacredInterrupt, SacredError):
+    """Raised in the run when the process receives SIGTERM: the run ends INTERRUPTED."""
+
+    STATUS = "INTERRUPTED"
+
+    def __init__(self):
+        SacredError.__init__(self, "received SIGTERM: run recorded as INTERRUPTED", print_traceback=False)
+
+
+def runs_dir() -> Path:
+    """Where file-storage runs go: ``TOYLAB_RUNS_DIR`` or ``./runs``."""
+    return Path(os.environ.get("TOYLAB_RUNS_DIR") or "runs")
+
+
+def mongo_settings() -> tuple[str, str] | None:
+    """(url, database) from the environment, or None when MongoDB is not configured."""
+    url = os.environ.get("TOYLAB_MONGO_URL")
+    return (url, os.environ.get("TOYLAB_MONGO_DB") or "sacred") if url else None
+
+
+def default_observer():
+    """The observer a run gets when nothing else was asked for."""
+    mongo = mongo_settings()
+    if mongo:
+        url, db_name = mongo
+        return MongoObserver(url=url, db_name=db_name)
+    return FileStorageObserver(str(runs_dir()))
+
+
+def attach(ex: Experiment) -> Experiment:
+    """Give ``ex`` Toylab's recording: default observers, clean captured output, SIGTERM."""
+    ex.captured_out_filter = apply_backspaces_and_linefeeds
+    added: list = []  # the observers this function added, replaced on every run
+
+    @ex.option_hook
+    def choose_observers(options):
+        for observer in added:
+            if observer in ex.observers:
+                ex.observers.remove(observer)
+        added.clear()
+        named_elsewhere = any(options.get(flag) for flag in _OBSERVER_OPTIONS)
+        if named_elsewhere or options.get("--unobserved") or ex.observers:
+            return
+        added.append(default_observer())
+        ex.observers.append(added[-1])
+
+    @ex.pre_run_hook
+    def interrupt_on_sigterm(_run):
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals reach the main thread only (e.g. a Dask worker's task thread)
+
+        def handler(signum, frame):
+            if _run.status == "RUNNING":
+                raise Terminated()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, handler)
+
+    return ex
+
+
+def describe(run) -> str:
+    """Where a run is recorded, for the user; never includes credentials."""
+    places = []
+    for observer in run.observers:
+        if isinstance(observer, FileStorageObserver) and observer.dir:
+            places.append(f"file storage {observer.dir}")
+        elif isinstance(observer, MongoObserver):
+            places.append(f"MongoDB database {observer.runs.database.name}, run {run._id}")
+        else:
+            places.append(type(observer).__name__)
+    return "; ".join(places) or "not recorded (unobserved run)"
