@@ -1,0 +1,168 @@
+"""Load Toylab runs into pandas through Incense, from file storage or MongoDB.
+
+    runs_table("runs")                                   # a file-storage directory
+    runs_table("mongodb://localhost:27017", experiment="grokking", p=10)
+    metrics_table("runs", metric="test.acc")
+
+``runs_table``: one row per run: ``run``, ``experiment``, ``status``, ``start_time``,
+``stop_time``, every config key as a column (nested keys dotted) and the run's result
+values (``t_train``, ``t_test``, ``t_rqi``, ``phase``, final accuracies, ...).
+``metrics_table``: the long frame ``run``, ``metric``, ``step``, ``value``.
+
+Keyword filters match config values (``p=10``, ``seed=[0, 1, 2]``); ``experiment``
+matches the experiment name. A run directory that cannot be read (half-written, invalid
+JSON) is skipped with a one-line warning naming it; loading never stops on one bad run.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Iterable, Optional
+
+import pandas as pd
+
+RUN_COLUMNS = ["run", "experiment", "status", "start_time", "stop_time", "heartbeat"]
+
+
+def _is_mongo(source) -> bool:
+    return isinstance(source, str) and source.startswith(("mongodb://", "mongodb+srv://"))
+
+
+def _flatten(prefix: str, value, out: dict) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), inner, out)
+    else:
+        out[prefix] = value
+
+
+def _matches(config: dict, filters: dict) -> bool:
+    for key, wanted in filters.items():
+        value = config.get(key)
+        if isinstance(wanted, (list, tuple, set)):
+            if value not in wanted:
+                return False
+        elif value != wanted:
+            return False
+    return True
+
+
+def load_runs(source, experiment: Optional[str] = None, db_name: Optional[str] = None, **config_filters) -> list:
+    """Incense experiments (runs) from a file-storage directory or a MongoDB URL."""
+    if _is_mongo(source):
+        return _load_mongo(source, experiment, db_name, config_filters)
+    return _load_files(Path(source), experiment, config_filters)
+
+
+def _load_mongo(url: str, experiment, db_name, config_filters) -> list:
+    from incense import ExperimentLoader
+
+    import observers
+
+    db_name = db_name or (observers.mongo_settings() or (None, "sacred"))[1]
+    # unpickle=False: a run's info is data, never code to run on the reader's machine
+    loader = ExperimentLoader(mongo_uri=url, db_name=db_name, unpickle=False)
+    query: dict = {}
+    if experiment is not None:
+        query["experiment.name"] = experiment
+    for key, wanted in config_filters.items():
+        query[f"config.{key}"] = {"$in": list(wanted)} if isinstance(wanted, (list, tuple, set)) else wanted
+    return list(loader.find(query))
+
+
+def _run_dirs(root: Path) -> Iterable[Path]:
+    if not root.is_dir():
+        raise FileNotFoundError(f"no runs directory at {root}")
+    dirs = [d for d in root.iterdir() if d.is_dir() and d.name.isdigit()]
+    return sorted(dirs, key=lambda d: int(d.name))
+
+
+def _load_files(root: Path, experiment, config_filters) -> list:
+    from incense.experiment import FileSystemExperiment
+
+    runs = []
+    for run_dir in _run_dirs(root):
+        try:
+            run = _read_run_dir(run_dir, FileSystemExperiment)
+        except Exception as error:  # noqa: BLE001 - one bad run must not stop the load
+            warnings.warn(f"skipping run directory {run_dir}: {type(error).__name__}: {error}", stacklevel=2)
+            continue
+        if experiment is not None and run.experiment["name"] != experiment:
+            continue
+        if config_filters and not _matches(_flat_config(run), config_filters):
+            continue
+        runs.append(run)
+    return runs
+
+
+def _read_run_dir(run_dir: Path, cls):
+    """Incense's reader, tolerating the files a run may not have written (yet): a
+    queued or early-killed run has no info.json, Incense alone would crash on it."""
+    missing = {name: default for name, default in (("info.json", {}), ("metrics.json", {}), ("cout.txt", ""),
+                                                   ("config.json", None))
+               if not (run_dir / name).exists()}
+    if not missing:
+        return cls.from_run_dir(run_dir)
+    if missing.get("config.json", 0) is None or not (run_dir / "run.json").exists():
+        raise FileNotFoundError("run.json or config.json missing")
+    # Build the same object Incense would, with empty stand-ins for the missing parts.
+    from pyrsistent import freeze
+
+    data = json.loads((run_dir / "run.json").read_text())
+    data["config"] = json.loads((run_dir / "config.json").read_text())
+    data["info"] = json.loads((run_dir / "info.json").read_text()) if "info.json" not in missing else {}
+    data["captured_out"] = (run_dir / "cout.txt").read_text() if "cout.txt" not in missing else ""
+    metrics = cls._load_metrics(run_dir / "metrics.json") if "metrics.json" not in missing else {}
+    return cls(int(run_dir.name), freeze(data), {}, metrics)
+
+
+def _flat_config(run) -> dict:
+    out: dict = {}
+    _flatten("", _thaw(run.config), out)
+    return out
+
+
+def _thaw(value):
+    from pyrsistent import thaw
+
+    return thaw(value)
+
+
+def runs_table(source, experiment: Optional[str] = None, db_name: Optional[str] = None,
+               **config_filters) -> pd.DataFrame:
+    """One row per run: id, status, times, config keys as columns, result values."""
+    rows = []
+    for run in load_runs(source, experiment, db_name, **config_filters):
+        row = {"run": run.id, "experiment": run.experiment["name"], "status": run.status,
+               "start_time": run.get("start_time"), "stop_time": run.get("stop_time"),
+               "heartbeat": run.get("heartbeat")}
+        row.update(_flat_config(run))
+        result = _thaw(run.get("result"))
+        if isinstance(result, dict):
+            row.update({key: value for key, value in result.items() if key not in row})
+        elif result is not None:
+            row["result"] = result
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return pd.DataFrame(columns=RUN_COLUMNS)
+    for column in ("start_time", "stop_time", "heartbeat"):
+        table[column] = pd.to_datetime(table[column], errors="coerce", utc=True, format="mixed")
+    return table.sort_values("run").reset_index(drop=True)
+
+
+def metrics_table(source, metric: Optional[str | list] = None, experiment: Optional[str] = None,
+                  db_name: Optional[str] = None, **config_filters) -> pd.DataFrame:
+    """Long frame of every logged point: columns run, metric, step, value."""
+    wanted = {metric} if isinstance(metric, str) else set(metric) if metric else None
+    frames = []
+    for run in load_runs(source, experiment, db_name, **config_filters):
+        for name, series in run.metrics.items():
+            if wanted is None or name in wanted:
+                frames.append(pd.DataFrame({"run": run.id, "metric": name, "step": series.index.to_numpy(),
+                                            "value": series.to_numpy()}))
+    if not frames:
+        return pd.DataFrame({"run": pd.Series(dtype="int64"), "metric": pd.Series(dtype="object"),
+                             "step": pd.Series(dtype="int64"), "value": pd.Series(dtype="float64")})
+    return pd.concat(frames, ignore_index=True)
