@@ -16,7 +16,7 @@ from toymodels.representation import parallelograms
 def train_straightforward(model: ToyAdditionModel, task: AdditionTask, objective: Objective, train_steps: int,
                           encoder_lr: float, decoder_lr: float, acc_threshold: float = 0.9,
                           rqi_threshold: float = 0.95) -> dict:
-    quads = torch.as_tensor(parallelograms(task.p))
+    quads = torch.from_numpy(parallelograms(task.p).copy())
     optim_rep = torch.optim.AdamW(model.representation_parameters(), lr=encoder_lr, weight_decay=0.0)
     optim_dec = torch.optim.AdamW(model.decoder.parameters(), lr=decoder_lr, weight_decay=0.0)
     train_pairs, test_pairs = task.train_pairs, task.test_pairs

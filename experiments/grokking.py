@@ -15,10 +15,11 @@ diagrams (Figure 6): threshold steps t_train, t_test, t_rqi and the phase.
 import tempfile
 from pathlib import Path
 
+import observers  # first: it quiets Sacred's import-time warning
+
 import torch
 from sacred import Experiment
 
-import observers
 from analysis import figures
 from toymodels.grokking import (ACTIVATIONS, DTYPES, LOSSES, OPTIMIZERS, REPRESENTATIONS, Objective,
                                 OptimizerSettings, ToyAdditionModel, make_addition_task, n_pairs, n_train_pairs,

@@ -16,11 +16,15 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import warnings
 from pathlib import Path
 
-from sacred import Experiment
-from sacred.observers import FileStorageObserver, MongoObserver
-from sacred.utils import SacredError, SacredInterrupt, apply_backspaces_and_linefeeds
+# Sacred imports pkg_resources, which warns on every start; nothing a user can act on.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+
+from sacred import Experiment  # noqa: E402
+from sacred.observers import FileStorageObserver, MongoObserver  # noqa: E402
+from sacred.utils import SacredError, SacredInterrupt, apply_backspaces_and_linefeeds  # noqa: E402
 
 # Command-line options of Sacred that attach an observer of their own.
 _OBSERVER_OPTIONS = ("--file_storage", "--mongo_db", "--sql", "--tiny_db", "--s3", "--gcs", "--queue")
