@@ -107,3 +107,30 @@ def test_docker_compose_wires_omniboard_to_mongo_on_loopback_with_passwords():
     assert "omniboard@2.16.1" in dockerfile
     example = (REPO / ".env.example").read_text()
     assert "MONGO_ROOT_PASSWORD=" in example and ".env" in (REPO / ".gitignore").read_text().split()
+
+
+def test_progress_bar_on_a_terminal_does_not_bloat_captured_output(tmp_path):
+    """On a terminal tqdm redraws with carriage returns; the stored output keeps the last state."""
+    import os
+    import pty
+
+    main_fd, terminal_fd = pty.openpty()
+    process = subprocess.Popen([sys.executable, "experiments/grokking.py", "with", "train_steps=20000"], cwd=REPO,
+                               env={**os.environ, "TOYLAB_RUNS_DIR": str(tmp_path / "runs")},
+                               stdin=terminal_fd, stdout=terminal_fd, stderr=terminal_fd)
+    os.close(terminal_fd)
+    shown = b""
+    while True:  # drain the terminal so the child never blocks on a full buffer
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert process.wait(timeout=300) == 0
+    os.close(main_fd)
+    assert shown.count(b"\r") > 3  # the bar really was drawn on the terminal
+    captured = (tmp_path / "runs" / "1" / "cout.txt").read_text()
+    assert "\r" not in captured and "step" in captured
+    assert len(captured) < 4000
