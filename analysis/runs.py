@@ -7,7 +7,13 @@
 ``runs_table``: one row per run: ``run``, ``experiment``, ``status``, ``start_time``,
 ``stop_time``, every config key as a column (nested keys dotted) and the run's result
 values (``t_train``, ``t_test``, ``t_rqi``, ``phase``, final accuracies, ...).
-``metrics_table``: the long frame ``run``, ``metric``, ``step``, ``value``.
+``metrics_table``: the long frame ``run``, ``metric``, ``step``, ``value``; in MongoDB a
+metric longer than one document (see observers/mongo.py) is joined from its chunks.
+
+Dead runs: a run killed with SIGKILL (or whose machine died) stays RUNNING in the record
+forever. ``runs_table`` reports a RUNNING run whose last heartbeat is older than
+``dead_after`` seconds (default 120, as Omniboard's PROBABLY_DEAD) with status ``DEAD``;
+the recorded status stays in the column ``recorded_status``.
 
 Keyword filters match config values (``p=10``, ``seed=[0, 1, 2]``); ``experiment``
 matches the experiment name. A run directory that cannot be read (half-written, invalid
@@ -22,7 +28,8 @@ from typing import Iterable, Optional
 
 import pandas as pd
 
-RUN_COLUMNS = ["run", "experiment", "status", "start_time", "stop_time", "heartbeat"]
+RUN_COLUMNS = ["run", "experiment", "status", "recorded_status", "start_time", "stop_time", "heartbeat"]
+DEAD_AFTER = 120.0  # seconds without a heartbeat after which a RUNNING run counts as DEAD
 
 
 def _is_mongo(source) -> bool:
@@ -130,11 +137,13 @@ def _thaw(value):
 
 
 def runs_table(source, experiment: Optional[str] = None, db_name: Optional[str] = None,
-               **config_filters) -> pd.DataFrame:
-    """One row per run: id, status, times, config keys as columns, result values."""
+               dead_after: float = DEAD_AFTER, **config_filters) -> pd.DataFrame:
+    """One row per run: id, status, times, config keys as columns, result values.
+    A RUNNING run without a heartbeat for ``dead_after`` seconds has status DEAD."""
     rows = []
     for run in load_runs(source, experiment, db_name, **config_filters):
         row = {"run": run.id, "experiment": run.experiment["name"], "status": run.status,
+               "recorded_status": run.status,
                "start_time": run.get("start_time"), "stop_time": run.get("stop_time"),
                "heartbeat": run.get("heartbeat")}
         row.update(_flat_config(run))
@@ -149,7 +158,26 @@ def runs_table(source, experiment: Optional[str] = None, db_name: Optional[str] 
         return pd.DataFrame(columns=RUN_COLUMNS)
     for column in ("start_time", "stop_time", "heartbeat"):
         table[column] = pd.to_datetime(table[column], errors="coerce", utc=True, format="mixed")
+    last_sign = table["heartbeat"].fillna(table["start_time"])
+    stale = pd.Timestamp.now(tz="UTC") - last_sign > pd.Timedelta(seconds=dead_after)
+    table.loc[(table["recorded_status"] == "RUNNING") & stale, "status"] = "DEAD"
     return table.sort_values("run").reset_index(drop=True)
+
+
+def mongo_metrics(database, run_id) -> dict:
+    """Every metric of a MongoDB run as a Series by step, joining the ``metric_chunks``
+    documents of metrics longer than one document (observers/mongo.py)."""
+    parts: dict = {}
+    for collection in ("metrics", "metric_chunks"):
+        for doc in database[collection].find({"run_id": run_id}):
+            parts.setdefault(doc["name"], []).append((doc.get("chunk", 0), doc["steps"], doc["values"]))
+    series = {}
+    for name, chunks in parts.items():
+        chunks.sort(key=lambda c: c[0])
+        steps = [s for _, chunk_steps, _ in chunks for s in chunk_steps]
+        values = [v for _, _, chunk_values in chunks for v in chunk_values]
+        series[name] = pd.Series(values, index=steps, name=name)
+    return series
 
 
 def metrics_table(source, metric: Optional[str | list] = None, experiment: Optional[str] = None,
@@ -158,7 +186,8 @@ def metrics_table(source, metric: Optional[str | list] = None, experiment: Optio
     wanted = {metric} if isinstance(metric, str) else set(metric) if metric else None
     frames = []
     for run in load_runs(source, experiment, db_name, **config_filters):
-        for name, series in run.metrics.items():
+        metrics = mongo_metrics(run._database, run.id) if _is_mongo(source) else run.metrics
+        for name, series in metrics.items():
             if wanted is None or name in wanted:
                 frames.append(pd.DataFrame({"run": run.id, "metric": name, "step": series.index.to_numpy(),
                                             "value": series.to_numpy()}))

@@ -3,13 +3,16 @@
 - Default (the embedded default): Sacred file storage under ``./runs``, or under
   ``TOYLAB_RUNS_DIR`` when set.
 - ``TOYLAB_MONGO_URL`` set: MongoDB instead, database ``TOYLAB_MONGO_DB`` (default
-  ``sacred``). The URL may carry a password; it is read from the environment only and
-  never written to a run record, a log line or captured output.
+  ``sacred``), through ``observers.mongo.ResilientMongoObserver``: it survives outages
+  and falls back to file storage under ``TOYLAB_FALLBACK_DIR`` (see observers/mongo.py).
+  The URL may carry a password; it is read from the environment only and never written
+  to a run record, a log line or captured output.
 - The command line already names an observer (``-F DIR``, ``-m ...``) or asks for an
   unobserved run (``-u``), or code attached an observer itself: nothing is added.
 
-``attach(ex)`` also keeps progress bars out of the captured output and turns SIGTERM
-into an interrupt, so a killed run ends INTERRUPTED with its metrics so far.
+``attach(ex)`` also keeps progress bars out of the captured output and turns SIGTERM and
+SIGINT into an interrupt, so a killed run ends INTERRUPTED with its metrics so far (even
+when a non-interactive shell started it with SIGINT ignored).
 """
 from __future__ import annotations
 
@@ -61,8 +64,10 @@ def default_observer():
     """The observer a run gets when nothing else was asked for."""
     mongo = mongo_settings()
     if mongo:
+        from observers.mongo import ResilientMongoObserver
+
         url, db_name = mongo
-        return MongoObserver(url=url, db_name=db_name)
+        return ResilientMongoObserver(url=url, db_name=db_name)
     return FileStorageObserver(str(runs_dir()))
 
 
@@ -95,6 +100,7 @@ def attach(ex: Experiment) -> Experiment:
             os.kill(os.getpid(), signal.SIGTERM)
 
         signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt: INTERRUPTED
 
     return ex
 
@@ -105,6 +111,8 @@ def describe(run) -> str:
     for observer in run.observers:
         if isinstance(observer, FileStorageObserver) and observer.dir:
             places.append(f"file storage {observer.dir}")
+        elif hasattr(observer, "describe"):
+            places.append(observer.describe())
         elif isinstance(observer, MongoObserver):
             places.append(f"MongoDB database {observer.runs.database.name}, run {run._id}")
         else:

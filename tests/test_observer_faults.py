@@ -1,0 +1,193 @@
+"""Fault injection through the real observer: MongoDB down at start, mid-run, at the end.
+
+Every scenario runs a real Sacred experiment that logs N points of two metrics, adds two
+artifacts and finishes; the backend fails on command at a chosen step. Each test states
+what it injects and asserts that nothing was lost: metric counts, steps, values (in
+order, no duplicates), artifact bytes and the final status, in MongoDB or, when MongoDB
+is still down at the end, in the fallback file storage. The scenarios run on mongomock
+(always) and on a real server behind a TCP proxy that the test cuts (when
+TOYLAB_TEST_MONGO_URL is set; skipped with the reason otherwise).
+"""
+import json
+import time
+from pathlib import Path
+
+import pytest
+from sacred import Experiment
+
+import analysis
+from faults import MongomockBackend, ServerBackend, server_url
+from observers.mongo import ResilientMongoObserver
+
+N = 60  # points per metric
+METRICS = ("train.loss", "test.acc")
+
+
+def value(name, step):
+    return (1.0 / (step + 1)) if name == "train.loss" else step / N
+
+
+@pytest.fixture(params=["mongomock", "server"])
+def backend(request, monkeypatch, tmp_path):
+    if request.param == "mongomock":
+        made = MongomockBackend(monkeypatch, tmp_path / "fallback")
+    else:
+        url = server_url()
+        if not url:
+            pytest.skip("TOYLAB_TEST_MONGO_URL is not set: no real MongoDB server to cut off")
+        made = ServerBackend(url, tmp_path / "fallback")
+    yield made
+    made.close()
+
+
+def run_experiment(observer, events=None, fail=False):
+    """A real Sacred run: N steps, metrics every step, artifacts at steps 10 and 35.
+    ``events[step]()`` runs before that step (the fault injection)."""
+    ex = Experiment("faulty", save_git_info=False)
+    ex.observers.append(observer)
+    events = events or {}
+
+    @ex.main
+    def main(_run):
+        for step in range(N):
+            if step in events:
+                events[step]()
+            for name in METRICS:
+                _run.log_scalar(name, value(name, step), step)
+            if step in (10, 35):
+                path = Path(_run.config["tmp"]) / f"a{step}.txt"
+                path.write_text(f"artifact at step {step}")
+                _run.add_artifact(str(path), f"a{step}.txt")
+            time.sleep(0.01)
+        if fail:
+            raise RuntimeError("the experiment itself failed")
+        return {"done": N}
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ex.add_config(tmp=tmp)
+        try:
+            return ex.run(options={"--beat-interval": 0.05, "--loglevel": "ERROR"})
+        except RuntimeError:
+            if not fail:
+                raise
+            return None
+
+
+def assert_complete_in_mongo(db, run_id, status="COMPLETED"):
+    run = db.runs.find_one({"_id": run_id})
+    assert run["status"] == status
+    for name in METRICS:
+        [doc] = list(db.metrics.find({"run_id": run_id, "name": name}))
+        assert doc["steps"] == list(range(N)), f"{name}: steps lost, duplicated or out of order"
+        assert doc["values"] == [value(name, s) for s in range(N)]
+        assert len(doc["timestamps"]) == N
+    assert sorted(m["name"] for m in run["info"]["metrics"]) == sorted(METRICS)  # what Omniboard reads
+    import gridfs
+
+    fs = gridfs.GridFS(db)
+    artifacts = {a["name"]: fs.get(a["file_id"]).read() for a in run["artifacts"]}
+    assert artifacts == {"a10.txt": b"artifact at step 10", "a35.txt": b"artifact at step 35"}
+    return run
+
+
+def assert_complete_in_files(run_dir, status="COMPLETED"):
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == status
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for name in METRICS:
+        assert metrics[name]["steps"] == list(range(N))
+        assert metrics[name]["values"] == [value(name, s) for s in range(N)]
+    assert (run_dir / "a10.txt").read_text() == "artifact at step 10"
+    assert (run_dir / "a35.txt").read_text() == "artifact at step 35"
+    assert json.loads((run_dir / "config.json").read_text())["tmp"]
+    return run
+
+
+def test_unreachable_at_start_records_the_whole_run_in_the_fallback_dir(backend, capfd):
+    """Injected: MongoDB down before the run starts and for its whole length."""
+    backend.down("refuse")
+    observer = backend.observer()
+    started = time.monotonic()
+    run = run_experiment(observer)
+    elapsed = time.monotonic() - started
+    assert backend.injected >= 1
+    assert run.status == "COMPLETED"
+    assert elapsed < 10, f"the run stalled {elapsed:.1f} s on an unreachable MongoDB"
+    warning = [line for line in capfd.readouterr().err.splitlines() if "unreachable at start" in line]
+    assert len(warning) == 1 and str(backend.fallback) in warning[0]
+    run_json = assert_complete_in_files(observer.fallback_run_dir)
+    assert run_json["meta"]["toylab_fallback"]["db_name"] == backend.db_name
+    backend.up()
+    assert backend.db.runs.count_documents({}) == 0
+
+
+@pytest.mark.parametrize("mode", ["refuse", "lost_reply"])
+def test_outage_mid_run_loses_nothing_once_mongodb_returns(backend, mode):
+    """Injected: MongoDB down from step 15 to step 45 (through an artifact at step 35);
+    "refuse": writes fail; "lost_reply": writes are applied but their replies lost."""
+    observer = backend.observer()
+    run = run_experiment(observer, {15: lambda: backend.down(mode), 45: backend.up})
+    assert backend.injected >= 1, "the outage never hit a write: the test proved nothing"
+    assert run.status == "COMPLETED"
+    assert observer.fallback_run_dir is None and observer.pending() == 0
+    stored = assert_complete_in_mongo(backend.db, observer.run_id)
+    assert stored["result"] == {"done": N}
+
+
+def test_still_down_at_the_end_falls_back_in_bounded_time(backend, capfd):
+    """Injected: MongoDB down from step 40 until after the run has ended."""
+    observer = backend.observer(end_timeout=1.0)
+    started = time.monotonic()
+    run = run_experiment(observer, {40: lambda: backend.down("refuse")})
+    elapsed = time.monotonic() - started
+    assert run.status == "COMPLETED"
+    assert elapsed < N * 0.01 + 8, f"the end of the run took {elapsed:.1f} s"
+    run_json = assert_complete_in_files(observer.fallback_run_dir)
+    assert run_json["meta"]["toylab_fallback"]["mongo_run_id"] == observer.run_id
+    assert "fallback file storage" in capfd.readouterr().err
+    # the analysis loader reads the fallback directory like any file storage
+    points = analysis.metrics_table(str(backend.fallback))
+    assert points.groupby("metric").size().to_dict() == {name: N for name in METRICS}
+    assert analysis.runs_table(str(backend.fallback))["status"].tolist() == ["COMPLETED"]
+
+
+def test_failed_run_with_an_outage_keeps_its_trace_and_metrics(backend):
+    """Injected: MongoDB down from step 20 to step 30, then the experiment raises."""
+    observer = backend.observer()
+    run_experiment(observer, {20: lambda: backend.down("refuse"), 30: backend.up}, fail=True)
+    assert backend.injected >= 1
+    stored = assert_complete_in_mongo(backend.db, observer.run_id, status="FAILED")
+    assert "the experiment itself failed" in "".join(stored["fail_trace"])
+
+
+def test_metric_volume_beyond_one_document_is_chunked_and_loaded_whole(backend, monkeypatch):
+    """Injected: a per-document cap of 25 points (instead of ~250k), so the N points of
+    each metric need three documents; an outage in the middle as well."""
+    monkeypatch.setattr(ResilientMongoObserver, "MAX_POINTS_PER_DOCUMENT", 25)
+    observer = backend.observer()
+    run_experiment(observer, {30: lambda: backend.down("lost_reply"), 40: backend.up})
+    first = backend.db.metrics.find_one({"run_id": observer.run_id, "name": "train.loss"})
+    assert first["steps"] == list(range(25))
+    chunks = sorted(backend.db.metric_chunks.find({"run_id": observer.run_id, "name": "train.loss"}),
+                    key=lambda c: c["chunk"])
+    assert [len(c["steps"]) for c in chunks] == [25, 10]
+    series = analysis.runs.mongo_metrics(backend.db, observer.run_id)
+    assert series["train.loss"].index.tolist() == list(range(N))
+    assert series["test.acc"].tolist() == [value("test.acc", s) for s in range(N)]
+
+
+def test_a_full_default_chunk_fits_in_one_mongodb_document():
+    """The default cap leaves room below MongoDB's 16 MiB document limit (large steps,
+    float values, timestamps: the worst case of a metric document)."""
+    import datetime
+
+    import bson
+
+    size = ResilientMongoObserver.MAX_POINTS_PER_DOCUMENT
+    now = datetime.datetime.now(datetime.timezone.utc)
+    document = {"_id": bson.ObjectId(), "run_id": 123456, "name": "a.rather.long.metric.name" * 4,
+                "steps": [2**40 + i for i in range(size)], "values": [float(i) / 3 for i in range(size)],
+                "timestamps": [now] * size, "chunk": 99}
+    assert len(bson.encode(document)) < 16 * 1024 * 1024
