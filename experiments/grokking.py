@@ -11,7 +11,9 @@ diagrams (Figure 6): threshold steps t_train, t_test, t_rqi and the phase.
     python experiments/grokking.py with paper                   # the paper's defaults exactly
     python experiments/grokking.py with p=10 train_fraction=0.45
     python experiments/grokking.py with sacred_script           # the repository's script model
+    python experiments/grokking.py with resume_from=7           # continue interrupted run 7 (same config)
 """
+import io
 import tempfile
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from toymodels.phases import classify_phase
 from toymodels.representation import degrees_of_freedom
 
 ex = observers.attach(Experiment("grokking"))
+CHUNK_STEPS = 500  # the trainer reduces metrics per chunk of steps; checkpoints fall between chunks
 
 
 @ex.config
@@ -63,6 +66,9 @@ def config():
     log_every = max(1, train_steps // 1000)  # metric cadence; threshold steps are logged as well
     torch_threads = 1  # the toy model is too small to gain from more threads
     seed = 0  # seeds the split, the targets and the initialisation
+    # --- interruption and resumption
+    checkpoint_every = 5000  # steps between checkpoint.pt artifacts (0: only when interrupted); multiple of 500
+    resume_from = None  # run id (or run directory) whose checkpoint.pt this run continues; None starts afresh
 
 
 @ex.named_config
@@ -118,11 +124,17 @@ def validate(config, command_name, logger):
             raise observers.ConfigError(f"{key}={config[key]!r} is not allowed: use one of {', '.join(allowed)}")
     integers = {"p": 2, "train_steps": 1, "hidden_rep_dim": 1, "decoder_width": 1, "decoder_depth": 1,
                 "encoder_width": 1, "encoder_depth": 1, "symbol_rep_dim": 1, "target_dim": 1, "log_every": 1,
-                "torch_threads": 1}
+                "torch_threads": 1, "checkpoint_every": 0}
     for key, minimum in integers.items():
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise observers.ConfigError(f"{key}={value!r} is not allowed: {key} must be an integer >= {minimum}")
+    if config["checkpoint_every"] % CHUNK_STEPS:
+        raise observers.ConfigError(f"checkpoint_every={config['checkpoint_every']!r} is not allowed: it must be a "
+                                    f"multiple of {CHUNK_STEPS} (checkpoints are taken between chunks of steps)")
+    if config["resume_from"] is not None and not isinstance(config["resume_from"], (int, str)):
+        raise observers.ConfigError(f"resume_from={config['resume_from']!r} is not allowed: use a run id or a "
+                                    "run directory")
     for key in ("encoder_lr", "decoder_lr"):
         if not config[key] > 0:
             raise observers.ConfigError(f"{key}={config[key]!r} is not allowed: {key} must be > 0")
@@ -168,9 +180,20 @@ def optimizer_settings(optimizer, encoder_lr, decoder_lr, encoder_weight_decay, 
     return OptimizerSettings(optimizer, encoder_lr, decoder_lr, encoder_weight_decay, decoder_weight_decay)
 
 
+@ex.capture
+def load_checkpoint(_run, resume_from):
+    """The training state saved by run ``resume_from`` (None: start afresh); the link to
+    that run goes into this run's info."""
+    if resume_from is None:
+        return None
+    state = torch.load(io.BytesIO(observers.read_artifact(resume_from, "checkpoint.pt")), weights_only=True)
+    _run.info["resumed_from"] = {"run": resume_from, "step": state["next_step"]}
+    return state
+
+
 @ex.automain
 def main(_run, train_steps, log_every, acc_threshold, rqi_threshold, parallelogram_tolerance, phase_margin,
-         torch_threads):
+         torch_threads, checkpoint_every):
     torch.set_num_threads(torch_threads)
     task = build_task()
     objective = build_objective(task)
@@ -193,9 +216,27 @@ def main(_run, train_steps, log_every, acc_threshold, rqi_threshold, parallelogr
             steps.append(step)
             values.append(value)
 
-    [outcome] = train(model, task, objective, optimizer_settings(), train_steps, log_every, on_log=log,
-                      acc_threshold=acc_threshold, rqi_threshold=rqi_threshold,
-                      rqi_tolerance=parallelogram_tolerance)
+    latest = {}  # the newest checkpoint state, saved as an artifact at the cadence and on interruption
+
+    def save_checkpoint(state):
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(state, Path(tmp) / "checkpoint.pt")
+            _run.add_artifact(str(Path(tmp) / "checkpoint.pt"), "checkpoint.pt")
+
+    def on_checkpoint(state):
+        latest["state"] = state
+        if checkpoint_every and state["next_step"] % checkpoint_every == 0 and state["next_step"] < train_steps:
+            save_checkpoint(state)
+
+    try:
+        [outcome] = train(model, task, objective, optimizer_settings(), train_steps, log_every, on_log=log,
+                          acc_threshold=acc_threshold, rqi_threshold=rqi_threshold,
+                          rqi_tolerance=parallelogram_tolerance, chunk_steps=CHUNK_STEPS,
+                          resume=load_checkpoint(), on_checkpoint=on_checkpoint)
+    except BaseException:  # interrupted (SIGINT, SIGTERM) or failed: keep where training got to
+        if "state" in latest:
+            save_checkpoint(latest["state"])
+        raise
 
     result = {
         "t_train": outcome.t_train, "t_test": outcome.t_test, "t_rqi": outcome.t_rqi,

@@ -118,3 +118,10 @@ def describe(run) -> str:
         else:
             places.append(type(observer).__name__)
     return "; ".join(places) or "not recorded (unobserved run)"
+
+
+def read_artifact(run, name: str) -> bytes:
+    """An artifact of an earlier run (a run id where runs are recorded now, or a run dir)."""
+    from observers.artifacts import read_artifact as read
+
+    return read(run, name)

@@ -216,7 +216,8 @@ def train(models, tasks, objectives, optimizers, train_steps: int, log_every: in
           on_log: Optional[Callable[[int, int, dict], None]] = None, acc_threshold: float = 0.9,
           rqi_threshold: float = 0.95, rqi_tolerance: float = PARALLELOGRAM_TOLERANCE,
           chunk_steps: int = 500, stop_when: Optional[Callable[[int, TrainOutcome], bool]] = None,
-          progress: bool = True) -> list[TrainOutcome]:
+          progress: bool = True, resume: Optional[dict] = None,
+          on_checkpoint: Optional[Callable[[dict], None]] = None) -> list[TrainOutcome]:
     """Full-batch training of one model or of G models of the same shape at once.
 
     Each of ``models``, ``tasks``, ``objectives``, ``optimizers`` is one item or a list of
@@ -230,6 +231,11 @@ def train(models, tasks, objectives, optimizers, train_steps: int, log_every: in
     ``stop_when(k, outcome)`` is asked after every chunk of steps; once it returns True
     model k is frozen (its outcome and parameters stay as they were) and training ends
     when every model has stopped. Trained parameters are written back into ``models``.
+
+    Checkpoints: ``on_checkpoint(state)`` is called after every chunk with the training
+    state at that chunk boundary (parameters, Adam moments, threshold steps so far, the
+    next step); ``resume=state`` continues from it. Training is deterministic given the
+    state, so an interrupted and resumed run ends exactly where an uninterrupted one does.
     """
     models, tasks, objectives, optimizers = _as_batch(models, tasks, objectives, optimizers)
     G = len(models)
@@ -258,7 +264,10 @@ def train(models, tasks, objectives, optimizers, train_steps: int, log_every: in
 
     outcomes = [TrainOutcome(steps=0) for _ in range(G)]
     active = torch.ones(G, dtype=torch.bool)
-    bar = tqdm(total=train_steps, desc="train", unit="step", disable=None if progress else True,
+    start_step = 0
+    if resume is not None:
+        start_step = _restore(resume, net, outcomes, active, chunk_steps)
+    bar = tqdm(total=train_steps, initial=start_step, desc="train", unit="step", disable=None if progress else True,
                mininterval=0.5, dynamic_ncols=True)
     records: dict[str, list] = {"row_loss": [], "correct": [], "rep": []}
     record_loss, record_correct, record_rep = records["row_loss"], records["correct"], records["rep"]
@@ -307,8 +316,8 @@ def train(models, tasks, objectives, optimizers, train_steps: int, log_every: in
         bar.set_postfix({"train": f"{shown['train.acc']:.2f}", "test": f"{shown['test.acc']:.2f}",
                          "rqi": f"{shown['rqi']:.2f}"}, refresh=False)
 
-    chunk_start = 0
-    for step in range(train_steps):
+    chunk_start = start_step
+    for step in range(start_step, train_steps):
         r = net.representations()  # (G, p, d)
         hidden = torch.matmul(incidence, r)  # (G, n, d)
         output = net.decoder_forward(hidden)
@@ -335,11 +344,39 @@ def train(models, tasks, objectives, optimizers, train_steps: int, log_every: in
         if step - chunk_start + 1 == chunk_steps or step == train_steps - 1:
             flush(chunk_start)
             chunk_start = step + 1
+            if on_checkpoint is not None:
+                on_checkpoint(_checkpoint(net, outcomes, active, chunk_start, chunk_steps))
             if not active.any():
                 break
     bar.close()
     net.write_back()
     return outcomes
+
+
+def _checkpoint(net: "_FlatNetwork", outcomes: list, active: torch.Tensor, next_step: int,
+                chunk_steps: int) -> dict:
+    """The training state at a chunk boundary, as plain tensors and numbers (torch.save-able)."""
+    return {"next_step": next_step, "chunk_steps": chunk_steps, "theta": net.theta.clone(),
+            "active": active.clone(), "frozen": sorted(set(range(len(outcomes))) - {g["model"] for g in net.groups}),
+            "adam": [{"exp_avg": g["exp_avg"].clone(), "exp_avg_sq": g["exp_avg_sq"].clone(),
+                      "step": g["step"].clone(), "model": g["model"]} for g in net.groups],
+            "outcomes": [vars(o).copy() for o in outcomes]}
+
+
+def _restore(state: dict, net: "_FlatNetwork", outcomes: list, active: torch.Tensor, chunk_steps: int) -> int:
+    """Load a ``_checkpoint`` state into a freshly built network; returns the next step."""
+    if state["chunk_steps"] != chunk_steps or state["theta"].shape != net.theta.shape:
+        raise ValueError("the checkpoint was written by a different model shape or chunk size")
+    for k in state["frozen"]:
+        net.freeze(k)
+    net.theta.copy_(state["theta"])
+    for group, saved in zip(net.groups, state["adam"]):
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            group[key].copy_(saved[key])
+    active.copy_(state["active"])
+    for outcome, saved in zip(outcomes, state["outcomes"]):
+        vars(outcome).update(saved)
+    return state["next_step"]
 
 
 def _as_batch(*arguments):
