@@ -93,7 +93,7 @@ def _load_files(root: Path, experiment, config_filters) -> list:
         try:
             run = _read_run_dir(run_dir, FileSystemExperiment)
         except Exception as error:  # noqa: BLE001 - one bad run must not stop the load
-            warnings.warn(f"skipping run directory {run_dir}: {type(error).__name__}: {error}", stacklevel=2)
+            _warn(f"skipping run directory {run_dir}: {type(error).__name__}: {error}")
             continue
         if experiment is not None and run.experiment["name"] != experiment:
             continue
@@ -103,25 +103,46 @@ def _load_files(root: Path, experiment, config_filters) -> list:
     return runs
 
 
+def _warn(message: str) -> None:
+    warnings.warn(" ".join(str(message).split()), stacklevel=3)  # always one line
+
+
+def _read_json(path: Path, default):
+    """A run's JSON file; ``default`` (with a warning) when it is missing or unreadable,
+    or raise when ``default`` is None (the file is required)."""
+    if default is not None and not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except Exception as error:  # noqa: BLE001
+        if default is None:
+            raise ValueError(f"{path.name}: {type(error).__name__}: {error}") from None
+        _warn(f"run directory {path.parent}: ignoring unreadable {path.name} ({type(error).__name__}: {error})")
+        return default
+
+
 def _read_run_dir(run_dir: Path, cls):
-    """Incense's reader, tolerating the files a run may not have written (yet): a
-    queued or early-killed run has no info.json, Incense alone would crash on it."""
-    missing = {name: default for name, default in (("info.json", {}), ("metrics.json", {}), ("cout.txt", ""),
-                                                   ("config.json", None))
-               if not (run_dir / name).exists()}
-    if not missing:
-        return cls.from_run_dir(run_dir)
-    if missing.get("config.json", 0) is None or not (run_dir / "run.json").exists():
-        raise FileNotFoundError("run.json or config.json missing")
-    # Build the same object Incense would, with empty stand-ins for the missing parts.
+    """Incense's run object, tolerating what a run may not have written (yet): a queued or
+    early-killed run has no info.json or metrics.json (Incense alone crashes on it), a run
+    killed while writing may leave invalid JSON in them. run.json and config.json are
+    required; the other files are replaced by empty stand-ins with a warning."""
     from pyrsistent import freeze
 
-    data = json.loads((run_dir / "run.json").read_text())
-    data["config"] = json.loads((run_dir / "config.json").read_text())
-    data["info"] = json.loads((run_dir / "info.json").read_text()) if "info.json" not in missing else {}
-    data["captured_out"] = (run_dir / "cout.txt").read_text() if "cout.txt" not in missing else ""
-    metrics = cls._load_metrics(run_dir / "metrics.json") if "metrics.json" not in missing else {}
-    return cls(int(run_dir.name), freeze(data), {}, metrics)
+    data = _read_json(run_dir / "run.json", None)
+    if not isinstance(data, dict) or "experiment" not in data or "status" not in data:
+        raise ValueError("run.json holds no run (no experiment or status)")
+    data["config"] = _read_json(run_dir / "config.json", None)
+    data["info"] = _read_json(run_dir / "info.json", {})
+    cout = run_dir / "cout.txt"
+    data["captured_out"] = cout.read_text(errors="replace") if cout.exists() else ""
+    raw_metrics = _read_json(run_dir / "metrics.json", {})
+    metrics = {}
+    for name, points in raw_metrics.items() if isinstance(raw_metrics, dict) else ():
+        try:
+            metrics[name] = pd.Series(points["values"], index=pd.Index(points["steps"], name="step"), name=name)
+        except Exception as error:  # noqa: BLE001
+            _warn(f"run directory {run_dir}: ignoring malformed metric {name!r} ({type(error).__name__})")
+    return cls(int(run_dir.name), freeze(data), cls._load_artifacts(run_dir), metrics)
 
 
 def _flat_config(run) -> dict:
