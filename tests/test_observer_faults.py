@@ -191,3 +191,52 @@ def test_a_full_default_chunk_fits_in_one_mongodb_document():
                 "steps": [2**40 + i for i in range(size)], "values": [float(i) / 3 for i in range(size)],
                 "timestamps": [now] * size, "chunk": 99}
     assert len(bson.encode(document)) < 16 * 1024 * 1024
+
+
+def test_grokking_run_through_an_outage_loads_like_any_run(backend, monkeypatch):
+    """Injected: the real grokking experiment, MongoDB losing replies from the start of
+    training for one second (several heartbeats, a checkpoint artifact), then back."""
+    import threading
+
+    import incense.experiment_loader
+    import sacred.run
+
+    from experiments.grokking import ex
+
+    logged = {}  # what the experiment logged, counted at Sacred's log_scalar
+    original = sacred.run.Run.log_scalar
+
+    def counting(self, name, value, step=None):
+        logged.setdefault(name, []).append(step)
+        return original(self, name, value, step)
+
+    monkeypatch.setattr(sacred.run.Run, "log_scalar", counting)
+
+    def outage():
+        backend.down("lost_reply")
+        threading.Timer(1.0, backend.up).start()
+
+    observer = backend.observer()
+    ex.pre_run_hooks.append(outage)
+    ex.observers.append(observer)
+    try:
+        run = ex.run(config_updates={"train_steps": 1500, "log_every": 10, "checkpoint_every": 500},
+                     options={"--beat-interval": 0.1})
+    finally:
+        ex.pre_run_hooks.remove(outage)
+        ex.observers.remove(observer)
+        backend.up()
+    assert backend.injected >= 1 and run.status == "COMPLETED" and observer.fallback_run_dir is None
+    if backend.name == "mongomock":
+        monkeypatch.setattr(incense.experiment_loader, "MongoClient", lambda *a, **k: backend.client)
+        url = "mongodb://mongomock"
+    else:
+        url = server_url()
+    table = analysis.runs_table(url, db_name=backend.db_name)
+    assert table["status"].tolist() == ["COMPLETED"] and table["t_rqi"].notna().all()
+    points = analysis.metrics_table(url, db_name=backend.db_name)
+    assert points.groupby("metric").size().to_dict() == {name: len(steps) for name, steps in logged.items()}
+    for name, steps in logged.items():
+        assert points[points.metric == name]["step"].tolist() == steps, f"{name}: lost, duplicated or reordered"
+    run_doc = backend.db.runs.find_one({"_id": observer.run_id})
+    assert {a["name"] for a in run_doc["artifacts"]} >= {"model.pt", "training_curves.png", "checkpoint.pt"}
