@@ -274,8 +274,11 @@ class ResilientMongoObserver(RunObserver):
             self._final = final
             self._queue.append(("set", fields))
         deadline = time.monotonic() + self.end_timeout
-        while not self._flush() and time.monotonic() < deadline:
-            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        try:
+            while not self._flush() and time.monotonic() < deadline:
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        except KeyboardInterrupt:  # a second Ctrl-C while waiting: stop waiting, keep the run
+            pass
         if self.pending():
             self._write_fallback()
 
