@@ -200,3 +200,19 @@ class ServerBackend:
 
 def server_url() -> str | None:
     return os.environ.get("TOYLAB_TEST_MONGO_URL")
+
+
+def run_grokking(config_updates: dict, at_start, observer=None):
+    """The real grokking experiment with ``at_start()`` run just after the run started (the
+    fault injection) and ``observer`` attached in place of the default one when given."""
+    from experiments.grokking import ex
+
+    ex.pre_run_hooks.append(at_start)
+    if observer is not None:
+        ex.observers.append(observer)
+    try:
+        return ex.run(config_updates=config_updates, options={"--beat-interval": 0.1})
+    finally:
+        ex.pre_run_hooks.remove(at_start)
+        if observer is not None:
+            ex.observers.remove(observer)

@@ -16,7 +16,7 @@ import pytest
 from sacred import Experiment
 
 import analysis
-from faults import MongomockBackend, ServerBackend, server_url
+from faults import MongomockBackend, ServerBackend, run_grokking, server_url
 from observers.mongo import ResilientMongoObserver
 
 N = 60  # points per metric
@@ -201,8 +201,6 @@ def test_grokking_run_through_an_outage_loads_like_any_run(backend, monkeypatch)
     import incense.experiment_loader
     import sacred.run
 
-    from experiments.grokking import ex
-
     logged = {}  # what the experiment logged, counted at Sacred's log_scalar
     original = sacred.run.Run.log_scalar
 
@@ -217,14 +215,9 @@ def test_grokking_run_through_an_outage_loads_like_any_run(backend, monkeypatch)
         threading.Timer(1.0, backend.up).start()
 
     observer = backend.observer()
-    ex.pre_run_hooks.append(outage)
-    ex.observers.append(observer)
     try:
-        run = ex.run(config_updates={"train_steps": 1500, "log_every": 10, "checkpoint_every": 500},
-                     options={"--beat-interval": 0.1})
+        run = run_grokking({"train_steps": 1500, "log_every": 10, "checkpoint_every": 500}, outage, observer)
     finally:
-        ex.pre_run_hooks.remove(outage)
-        ex.observers.remove(observer)
         backend.up()
     assert backend.injected >= 1 and run.status == "COMPLETED" and observer.fallback_run_dir is None
     if backend.name == "mongomock":

@@ -16,7 +16,7 @@ import pytest
 
 import observers
 from conftest import REPO
-from faults import MongomockBackend
+from faults import MongomockBackend, run_grokking
 from test_observer_faults import backend, run_experiment  # noqa: F401 - the backend fixture
 
 PASSWORD = "Pw-never-4-logs-91"
@@ -48,17 +48,8 @@ def test_default_observer_with_password_in_url_never_records_it(monkeypatch, tmp
     monkeypatch.setenv("TOYLAB_MONGO_URL", SECRET_URL)
     monkeypatch.setenv("TOYLAB_FALLBACK_DIR", str(tmp_path / "fallback"))
     monkeypatch.setenv("TOYLAB_MONGO_END_TIMEOUT", "0.5")
-    from experiments.grokking import ex
-
-    def outage():
-        faults.down("refuse")
-
-    ex.pre_run_hooks.append(outage)
-    try:
-        run = ex.run(config_updates={"train_steps": 600, "checkpoint_every": 500, "log_every": 50},
-                     options={"--beat-interval": 0.1})
-    finally:
-        ex.pre_run_hooks.remove(outage)
+    run = run_grokking({"train_steps": 600, "checkpoint_every": 500, "log_every": 50},
+                       lambda: faults.down("refuse"))
     assert faults.injected >= 1
     assert run.status == "COMPLETED"
     [observer] = [o for o in run.observers if hasattr(o, "fallback_run_dir")]
