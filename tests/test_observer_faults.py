@@ -233,3 +233,26 @@ def test_grokking_run_through_an_outage_loads_like_any_run(backend, monkeypatch)
         assert points[points.metric == name]["step"].tolist() == steps, f"{name}: lost, duplicated or reordered"
     run_doc = backend.db.runs.find_one({"_id": observer.run_id})
     assert {a["name"] for a in run_doc["artifacts"]} >= {"model.pt", "training_curves.png", "checkpoint.pt"}
+
+
+def test_a_run_that_stopped_beating_is_reported_dead_from_mongodb(backend, monkeypatch):
+    """Injected: a run whose process vanished (as with SIGKILL): its observer got the start
+    and one heartbeat, never an end event."""
+    import datetime
+
+    import incense.experiment_loader
+
+    ex = Experiment("vanished", save_git_info=False)
+    ex.main(lambda: None)
+    observer = backend.observer()
+    run = ex._create_run(options={"--loglevel": "ERROR"})
+    observer.started_event(run.experiment_info, "main", run.host_info, datetime.datetime.utcnow(), run.config,
+                           run.meta_info, None)
+    observer.log_metrics({"x": {"steps": [0], "values": [1.0], "timestamps": [datetime.datetime.utcnow()]}}, {})
+    observer.heartbeat_event({}, "", datetime.datetime.utcnow() - datetime.timedelta(seconds=5), None)
+    if backend.name == "mongomock":
+        monkeypatch.setattr(incense.experiment_loader, "MongoClient", lambda *a, **k: backend.client)
+    url = server_url() if backend.name == "server" else "mongodb://mongomock"
+    assert analysis.runs_table(url, db_name=backend.db_name, dead_after=3600)["status"].tolist() == ["RUNNING"]
+    table = analysis.runs_table(url, db_name=backend.db_name, dead_after=2)
+    assert table[["status", "recorded_status"]].values.tolist() == [["DEAD", "RUNNING"]]
