@@ -100,7 +100,8 @@ def attach(ex: Experiment) -> Experiment:
             os.kill(os.getpid(), signal.SIGTERM)
 
         signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt: INTERRUPTED
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # e.g. started with & by a script
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt: INTERRUPTED
 
     return ex
 
