@@ -256,3 +256,28 @@ def test_a_run_that_stopped_beating_is_reported_dead_from_mongodb(backend, monke
     assert analysis.runs_table(url, db_name=backend.db_name, dead_after=3600)["status"].tolist() == ["RUNNING"]
     table = analysis.runs_table(url, db_name=backend.db_name, dead_after=2)
     assert table[["status", "recorded_status"]].values.tolist() == [["DEAD", "RUNNING"]]
+
+
+def test_resume_from_a_mongodb_run_matches_the_run_that_never_stopped(backend, monkeypatch):
+    """Injected: nothing; run 1 (recorded in MongoDB through the default observer) trains
+    1000 steps and leaves its 500-step checkpoint; run 2 resumes from run 1's checkpoint,
+    read back from GridFS, and must end exactly where run 1 ended."""
+    import pymongo
+
+    from experiments.grokking import ex
+
+    if backend.name == "mongomock":
+        monkeypatch.setattr(pymongo, "MongoClient", lambda *a, **k: backend.client)
+        monkeypatch.setenv("TOYLAB_MONGO_URL", "mongodb://mongomock")
+    else:
+        monkeypatch.setenv("TOYLAB_MONGO_URL", server_url())
+    monkeypatch.setenv("TOYLAB_MONGO_DB", backend.db_name)
+    config = {"train_steps": 1000, "log_every": 10, "checkpoint_every": 500}
+    whole = ex.run(config_updates=config)
+    resumed = ex.run(config_updates={**config, "resume_from": whole._id})
+    assert resumed.info["resumed_from"] == {"run": whole._id, "step": 500}
+    for key in ("t_train", "t_rqi", "final_train_acc", "final_test_acc", "final_rqi"):
+        assert resumed.result[key] == whole.result[key], key
+    doc = backend.db.metrics.find_one({"run_id": resumed._id, "name": "train.loss"})
+    whole_doc = backend.db.metrics.find_one({"run_id": whole._id, "name": "train.loss"})
+    assert doc["steps"][0] == 500 and doc["values"] == whole_doc["values"][-len(doc["values"]):]
