@@ -38,8 +38,10 @@ from urllib.parse import quote
 
 REPO = Path(__file__).resolve().parents[1]
 BOARD = REPO / "board"
-STATE = REPO / ".board"  # git-ignored: the server venv, credentials, pid and log files
-SERVER_VENV = STATE / "venv"
+# git-ignored: the server venv, credentials, pid and log files (TOYLAB_BOARD_STATE moves all
+# but the venv, so tests run a board of their own next to the user's)
+STATE = Path(os.environ.get("TOYLAB_BOARD_STATE") or REPO / ".board")
+SERVER_VENV = REPO / ".board" / "venv"
 OMNIBOARD_JS = BOARD / "node_modules" / "omniboard" / "dist" / "start.js"
 HOST = "127.0.0.1"
 DB_NAME = "sacred"
@@ -108,7 +110,7 @@ def credentials() -> tuple[str, str]:
         return user, password
     path = STATE / "credentials"
     if not path.exists():
-        STATE.mkdir(exist_ok=True)
+        STATE.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump({"user": "toylab", "password": secrets.token_urlsafe(18).replace("-", "x")}, f)
@@ -194,7 +196,7 @@ def _pid_alive(pid_file: Path, marker: str) -> Optional[int]:
 
 
 def _spawn(argv: list, env: dict, log: Path, pid_file: Path) -> subprocess.Popen:
-    STATE.mkdir(exist_ok=True)
+    STATE.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         process = subprocess.Popen(argv, env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
                                    start_new_session=True, cwd=REPO)
