@@ -218,8 +218,11 @@ class Uploader:
         doc = self.runs.find_one({"_id": run_id}, {"artifacts": 1}) or {}
         for artifact in doc.get("artifacts") or []:
             self.fs.delete(artifact["file_id"])
-        for stray in self.db["fs.files"].find({"metadata.toylab_run_id": run_id}, {"_id": 1}):
-            self.fs.delete(stray["_id"])  # uploaded by an interrupted sync before it was referenced
+        self.db["metric_chunks"].delete_many({"run_id": run_id})  # the robust observer's overflow points
+        strays = {"$or": [{"metadata.toylab_run_id": run_id},  # put by an interrupted sync, not yet referenced
+                          {"filename": {"$regex": f"^artifact://runs/{run_id}/"}}]}  # or by the live observer
+        for stray in self.db["fs.files"].find(strays, {"_id": 1}):
+            self.fs.delete(stray["_id"])
 
     def _upload_metrics(self, run_id, metrics: dict) -> list:
         refs = []
