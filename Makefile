@@ -57,6 +57,10 @@ board-stop: venv
 
 # Everything the wire and browser tests need (.ci/run calls it; CI runs as root): the board's
 # dependencies and Debian's chromium, which Playwright drives (it downloads no browser).
-test-deps: board-deps
-	@command -v chromium >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
-	  || { echo "the browser test needs Debian's chromium: apt-get install chromium"; exit 1; }
+test-deps:
+	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "the board and browser tests need Debian packages:$$missing (apt-get install$$missing)"; exit 1; fi; fi
+	$(MAKE) board-deps
