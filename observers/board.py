@@ -294,6 +294,8 @@ def main(argv=None) -> int:
             up = start()
             from_env = bool(os.environ.get("TOYLAB_BOARD_PASSWORD"))
             where = "TOYLAB_BOARD_PASSWORD" if from_env else f"{STATE / 'credentials'} (readable by you only)"
+            for run_dir, reason in up["sync"].skipped:
+                print(f"sync: skipped {run_dir}: {reason}", file=sys.stderr)
             print(up["sync"].summary())
             print(f"Omniboard: {up['url']}  (log in as {up['user']}; password in {where})")
             print("Record live to it: TOYLAB_MONGO_URL='" + mongo_url(up['mongo_port'], up['user'], 'PASSWORD') + "'")

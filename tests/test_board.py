@@ -7,7 +7,6 @@ there), syncs the run, and the browser logs in and finds it.
 import base64
 import json
 import os
-import shutil
 import subprocess
 import urllib.error
 import urllib.request

@@ -4,7 +4,6 @@ The same sync against the real wire server is in test_wire.py; here only what a 
 nothing to: ids, idempotence, interrupted syncs, fallback runs that complete a MongoDB run.
 """
 import json
-import os
 import shutil
 from pathlib import Path
 

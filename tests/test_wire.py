@@ -6,7 +6,6 @@ it through TOYLAB_MONGO_URL, as a user's run would.
 """
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import bson

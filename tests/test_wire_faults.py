@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pymongo
 import pytest
@@ -44,11 +43,25 @@ def recording_env(server, tmp_path) -> dict:
             "TOYLAB_FALLBACK_DIR": str(tmp_path / "fallback"), "TOYLAB_RUNS_DIR": str(tmp_path / "runs")}
 
 
-def start_experiment(config, env) -> subprocess.Popen:
+def run_long_and_kill_server(server, env, restart: bool) -> float:
+    """Run the LONG config; SIGKILL the server once points are flowing, then restart it on the
+    same port and file (``restart``) or leave it down. Returns seconds from the kill to the exit."""
     import os
 
-    return subprocess.Popen([sys.executable, "experiments/grokking.py", "-b", "1", "with", *config], cwd=REPO,
-                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    experiment = subprocess.Popen([sys.executable, "experiments/grokking.py", "-b", "1", "with", *LONG], cwd=REPO,
+                                  env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_points(server)
+        server.kill()
+        killed = time.monotonic()
+        if restart:
+            time.sleep(1.5)
+            server.start()
+        _, err = experiment.communicate(timeout=180)
+    finally:
+        experiment.kill()
+    assert experiment.returncode == 0, err[-2000:]
+    return time.monotonic() - killed
 
 
 def stored_points(server, run_id=None) -> dict:
@@ -103,7 +116,7 @@ def test_server_down_before_start_falls_back_then_sync_uploads_once(local_mongo,
     assert time.monotonic() - began < 45  # bounded: a short timeout, then file storage
     [run_dir] = fallback_runs(tmp_path)
     assert json.loads((run_dir / "run.json").read_text())["status"] == "COMPLETED"
-    assert_same_points(logged["short"], {k: v for k, v in json.loads((run_dir / "metrics.json").read_text()).items()})
+    assert_same_points(logged["short"], json.loads((run_dir / "metrics.json").read_text()))
 
     local_mongo.start()
     assert "1 uploaded" in sync(local_mongo, env)
@@ -116,17 +129,7 @@ def test_server_down_before_start_falls_back_then_sync_uploads_once(local_mongo,
 @needs_robust_observer
 def test_server_killed_mid_run_and_restarted_every_point_arrives_once(local_mongo, logged, tmp_path):
     """Injected: SIGKILL to the server once points are flowing; restarted on the same port and file."""
-    env = recording_env(local_mongo, tmp_path)
-    experiment = start_experiment(LONG, env)
-    try:
-        wait_for_points(local_mongo)
-        local_mongo.kill()
-        time.sleep(1.5)
-        local_mongo.start()
-        _, err = experiment.communicate(timeout=180)
-    finally:
-        experiment.kill()
-    assert experiment.returncode == 0, err[-2000:]
+    run_long_and_kill_server(local_mongo, recording_env(local_mongo, tmp_path), restart=True)
     stored = stored_points(local_mongo)
     assert stored["status"] == "COMPLETED"
     assert_same_points(logged["long"], stored["metrics"])
@@ -137,16 +140,7 @@ def test_server_killed_mid_run_and_restarted_every_point_arrives_once(local_mong
 def test_server_down_at_the_end_bounded_exit_complete_fallback_then_sync(local_mongo, logged, tmp_path):
     """Injected: SIGKILL to the server once points are flowing; it stays down past the end of the run."""
     env = recording_env(local_mongo, tmp_path)
-    experiment = start_experiment(LONG, env)
-    try:
-        wait_for_points(local_mongo)
-        local_mongo.kill()
-        killed = time.monotonic()
-        _, err = experiment.communicate(timeout=180)
-    finally:
-        experiment.kill()
-    assert experiment.returncode == 0, err[-2000:]
-    assert time.monotonic() - killed < 60  # training (~10 s) + the bounded end wait (3 s) + slack
+    assert run_long_and_kill_server(local_mongo, env, restart=False) < 60  # ~10 s training + 3 s end wait + slack
     [run_dir] = fallback_runs(tmp_path)
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "COMPLETED"
