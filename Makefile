@@ -2,12 +2,13 @@
 #   make run    set up and run the flagship experiment (grokking) on the embedded default (./runs)
 #   make test   set up and run the test-suite
 #   make bench  print the benchmark tables
+#   make board  browse ./runs in Omniboard (local MongoDB-compatible server; make board-stop stops it)
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test bench clean
+.PHONY: venv run test bench clean board board-stop board-deps test-deps
 
 venv: $(STAMP)
 
@@ -31,3 +32,35 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# --- make board: a MongoDB-compatible server (mongoeco, Python >= 3.13, own venv) + Omniboard (npm ci)
+SERVER_VENV := .board/venv
+board-deps: $(SERVER_VENV)/.installed board/node_modules/.installed
+
+$(SERVER_VENV)/.installed: board/server-requirements.txt | venv
+	@py=$$($(PY) -c 'from observers.board import find_python313; print(find_python313() or "")'); \
+	test -n "$$py" || { echo "make board needs Python >= 3.13 for its MongoDB-compatible server: install python3.13 (or 'pyenv install 3.13')"; exit 1; }; \
+	test -x $(SERVER_VENV)/bin/python || $$py -m venv $(SERVER_VENV)
+	$(SERVER_VENV)/bin/python -m pip install --quiet -r board/server-requirements.txt
+	touch $@
+
+board/node_modules/.installed: board/package.json board/package-lock.json
+	@command -v npm >/dev/null || { echo "make board needs node and npm (Debian: apt-get install nodejs npm)"; exit 1; }
+	cd board && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+board: venv board-deps
+	$(PY) -m observers board start
+
+board-stop: venv
+	$(PY) -m observers board stop
+
+# Everything the wire and browser tests need (.ci/run calls it; CI runs as root): the board's
+# dependencies and Debian's chromium, which Playwright drives (it downloads no browser).
+test-deps:
+	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "the board and browser tests need Debian packages:$$missing (apt-get install$$missing)"; exit 1; fi; fi
+	$(MAKE) board-deps

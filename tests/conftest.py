@@ -26,3 +26,54 @@ def run_script(args, env=None, timeout=300, **kwargs):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, capture_output=True, text=True,
                           timeout=timeout, **kwargs)
+
+
+def require_board(what: str) -> None:
+    """Skip (outside CI only) when the local server / Omniboard prerequisites are missing."""
+    from observers.board import missing_prerequisites
+
+    missing = missing_prerequisites()
+    if missing:
+        message = f"{what} needs: {'; '.join(missing)}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI must install them: make test-deps)")
+        pytest.skip(message)
+
+
+@pytest.fixture
+def local_mongo(tmp_path):
+    """The local MongoDB-compatible server as a real process: free port, temporary SQLite file.
+    ``local_mongo.kill()`` / ``.start()`` / ``.restart()`` keep the port and the file."""
+    require_board("the local MongoDB-compatible server")
+    from observers.board import LocalMongo
+
+    server = LocalMongo(tmp_path / "mongo" / "db.sqlite3", password="wire-" + os.urandom(8).hex()).start()
+    yield server
+    server.stop()
+
+
+def listening_addresses(pid: int) -> set:
+    """(ip, port) of every TCP socket process ``pid`` listens on, read from /proc."""
+    import ipaddress
+
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = set()
+    for table, width in (("tcp", 4), ("tcp6", 16)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in inodes:  # 0A: LISTEN
+                continue
+            hex_ip, hex_port = local.split(":")
+            raw = bytes.fromhex(hex_ip)
+            # /proc prints the address as host-order 32-bit words
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, width, 4))
+            found.add((str(ipaddress.ip_address(raw)), int(hex_port, 16)))
+    return found

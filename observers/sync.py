@@ -1,0 +1,303 @@
+"""Upload Sacred file-storage runs to MongoDB, each exactly once.
+
+    python -m observers sync                 # ./runs (or TOYLAB_RUNS_DIR) and the fallback dir
+    python -m observers sync DIR [DIR ...]   # those as well
+
+A run directory (one with a ``run.json``) becomes a MongoDB run like any other: the run
+document with config, info, result, captured output and status; one ``metrics`` document
+per metric; artifacts and sources in GridFS. Omniboard and ``analysis.runs_table(url)``
+then show it next to the runs that recorded live.
+
+Exactly once, even if a sync is interrupted: every uploaded run document carries
+``toylab_sync.origin`` (host, absolute path of the run directory, its start time) and
+``toylab_sync.complete``. The run document is written first (incomplete), then its metrics
+and artifacts, then it is marked complete. A run found complete is skipped; one found
+incomplete (a sync that died half-way) has its metrics and artifacts removed and is
+uploaded again under the same id. File-storage ids are local: the MongoDB run gets the
+next free id, and the original id is kept in ``toylab_sync.file_run_id``.
+
+A fallback run (``meta.toylab_fallback``, written by the robust observer when MongoDB was
+unreachable) replaces the incomplete MongoDB run it names, when that run is still there
+and was not uploaded by a sync.
+
+Runs still RUNNING with a recent heartbeat are left for a later sync. The MongoDB URL
+comes from ``TOYLAB_MONGO_URL`` only and is never printed.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import mimetypes
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+STILL_ALIVE = dt.timedelta(minutes=2)  # a RUNNING run with a newer heartbeat is still being written
+
+
+def fallback_dir() -> Path:
+    """Where the robust observer leaves runs MongoDB did not get: ``TOYLAB_FALLBACK_DIR``
+    or ``<runs dir>/fallback``."""
+    from observers import runs_dir
+
+    return Path(os.environ.get("TOYLAB_FALLBACK_DIR") or runs_dir() / "fallback")
+
+
+def default_roots() -> list[Path]:
+    from observers import runs_dir
+
+    return [runs_dir(), fallback_dir()]
+
+
+def run_dirs(roots: Iterable[Path]) -> list[Path]:
+    """Every Sacred file-storage run directory directly under ``roots``, each once."""
+    seen, found = set(), []
+    for root in roots:
+        root = Path(root)
+        if (root / "run.json").is_file():  # a run directory given directly
+            candidates = [root]
+        elif root.is_dir():
+            candidates = sorted((d for d in root.iterdir() if (d / "run.json").is_file()),
+                                key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
+        else:
+            continue
+        for run_dir in candidates:
+            key = run_dir.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(run_dir)
+    return found
+
+
+@dataclass
+class SyncReport:
+    uploaded: list = field(default_factory=list)  # (run dir, mongo id)
+    already: int = 0  # found complete in MongoDB
+    skipped: list = field(default_factory=list)  # (run dir, reason)
+
+    def summary(self) -> str:
+        text = f"sync: {len(self.uploaded)} uploaded, {self.already} already in MongoDB"
+        if self.skipped:
+            text += f", {len(self.skipped)} skipped"
+        return text
+
+
+def origin_of(run_dir: Path, run: dict) -> str:
+    """Identifies a file-storage run across syncs: host, absolute path, start time."""
+    return f"{socket.gethostname()}:{run_dir.resolve()}@{run.get('start_time')}"
+
+
+def _read_json(path: Path, default):
+    if not path.is_file():
+        return default
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _time(value):
+    """File storage writes ISO strings where MongoDB keeps datetimes."""
+    if isinstance(value, str):
+        try:
+            return dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _still_running(run: dict) -> bool:
+    if run.get("status") == "QUEUED":
+        return True
+    if run.get("status") != "RUNNING":
+        return False
+    beat = _time(run.get("heartbeat") or run.get("start_time"))
+    if not isinstance(beat, dt.datetime):
+        return False
+    now = dt.datetime.now(beat.tzinfo) if beat.tzinfo else dt.datetime.utcnow()
+    return now - beat < STILL_ALIVE
+
+
+class Uploader:
+    """Writes file-storage runs into one MongoDB database (runs, metrics, GridFS)."""
+
+    def __init__(self, db):
+        import gridfs
+
+        self.db = db
+        self.runs, self.metrics = db["runs"], db["metrics"]
+        self.fs = gridfs.GridFS(db)
+
+    def sync(self, dirs: Iterable[Path], report: Optional[SyncReport] = None) -> SyncReport:
+        report = report or SyncReport()
+        for run_dir in dirs:
+            try:
+                run = _read_json(run_dir / "run.json", None)
+            except (OSError, ValueError) as error:
+                report.skipped.append((run_dir, f"unreadable run.json: {error}"))
+                continue
+            if _still_running(run):
+                report.skipped.append((run_dir, "still running"))
+                continue
+            origin = origin_of(run_dir, run)
+            existing = self.runs.find_one({"toylab_sync.origin": origin}, {"_id": 1, "toylab_sync": 1})
+            if existing is not None and existing["toylab_sync"].get("complete"):
+                report.already += 1
+                continue
+            report.uploaded.append((run_dir, self.upload(run_dir, run, origin, existing)))
+        return report
+
+    # ------------------------------------------------------------------ one run
+    def upload(self, run_dir: Path, run: dict, origin: str, existing: Optional[dict] = None) -> int:
+        doc = self._run_document(run_dir, run, origin)
+        if existing is not None:  # an interrupted sync of this run: start it over
+            doc["_id"] = existing["_id"]
+            self._remove_parts(doc["_id"])
+            self.runs.replace_one({"_id": doc["_id"]}, doc)
+        else:
+            doc["_id"] = self._replaced_fallback_id(run)
+            if doc["_id"] is not None:
+                self._remove_parts(doc["_id"])
+                self.runs.replace_one({"_id": doc["_id"]}, doc)
+            else:
+                self._insert_with_next_id(doc)
+        run_id = doc["_id"]
+        metric_refs = self._upload_metrics(run_id, _read_json(run_dir / "metrics.json", {}))
+        artifacts = self._upload_artifacts(run_id, run_dir, run.get("artifacts") or [])
+        self.runs.update_one({"_id": run_id}, {"$set": {
+            "artifacts": artifacts, "info.metrics": metric_refs, "toylab_sync.complete": True}})
+        return run_id
+
+    def _run_document(self, run_dir: Path, run: dict, origin: str) -> dict:
+        experiment = dict(run.get("experiment") or {})
+        experiment["sources"] = self._upload_sources(run_dir.parent, experiment.get("sources") or [])
+        info = _read_json(run_dir / "info.json", {})
+        info.pop("metrics", None)  # rebuilt from the uploaded metric documents
+        cout = run_dir / "cout.txt"
+        doc = {
+            "experiment": experiment, "format": "MongoObserver-0.7.0", "command": run.get("command"),
+            "host": run.get("host") or {}, "start_time": _time(run.get("start_time")),
+            "config": _read_json(run_dir / "config.json", {}), "meta": run.get("meta") or {},
+            "status": run.get("status"), "resources": run.get("resources") or [], "artifacts": [],
+            "captured_out": cout.read_text(encoding="utf-8", errors="replace") if cout.is_file() else "",
+            "info": info, "heartbeat": _time(run.get("heartbeat")), "result": run.get("result"),
+            "toylab_sync": {"origin": origin, "file_run_id": run_dir.name, "complete": False},
+        }
+        for key in ("stop_time", "fail_trace"):
+            if key in run:
+                doc[key] = _time(run[key])
+        return doc
+
+    def _replaced_fallback_id(self, run: dict):
+        """The incomplete MongoDB run a fallback run completes, if it is still there."""
+        fallback = (run.get("meta") or {}).get("toylab_fallback") or {}
+        mongo_id = fallback.get("mongo_run_id")
+        if mongo_id is None or fallback.get("db_name") not in (None, self.db.name):
+            return None
+        target = self.runs.find_one({"_id": mongo_id}, {"toylab_sync": 1})
+        return mongo_id if target is not None and "toylab_sync" not in target else None
+
+    def _insert_with_next_id(self, doc: dict) -> None:
+        import pymongo
+        import pymongo.errors
+
+        while True:
+            last = list(self.runs.find({}, {"_id": 1}).sort("_id", pymongo.DESCENDING).limit(1))
+            doc["_id"] = last[0]["_id"] + 1 if last else 1
+            try:
+                self.runs.insert_one(doc)
+                return
+            except pymongo.errors.DuplicateKeyError:
+                continue  # another writer took that id
+
+    def _remove_parts(self, run_id) -> None:
+        self.metrics.delete_many({"run_id": run_id})
+        doc = self.runs.find_one({"_id": run_id}, {"artifacts": 1}) or {}
+        for artifact in doc.get("artifacts") or []:
+            self.fs.delete(artifact["file_id"])
+        self.db["metric_chunks"].delete_many({"run_id": run_id})  # the robust observer's overflow points
+        strays = {"$or": [{"metadata.toylab_run_id": run_id},  # put by an interrupted sync, not yet referenced
+                          {"filename": {"$regex": f"^artifact://runs/{run_id}/"}}]}  # or by the live observer
+        for stray in self.db["fs.files"].find(strays, {"_id": 1}):
+            self.fs.delete(stray["_id"])
+
+    def _upload_metrics(self, run_id, metrics: dict) -> list:
+        refs = []
+        for name, series in metrics.items():
+            entry = {"run_id": run_id, "name": name, "steps": series.get("steps", []),
+                     "values": series.get("values", []),
+                     "timestamps": [_time(t) for t in series.get("timestamps", [])]}
+            refs.append({"name": name, "id": str(self.metrics.insert_one(entry).inserted_id)})
+        return refs
+
+    def _upload_artifacts(self, run_id, run_dir: Path, names: list) -> list:
+        stored = []
+        for name in names:
+            path = run_dir / name
+            if not path.is_file():
+                continue
+            with open(path, "rb") as f:
+                file_id = self.fs.put(f, filename=f"artifact://runs/{run_id}/{name}",
+                                      metadata={"toylab_run_id": run_id},
+                                      content_type=mimetypes.guess_type(name)[0])
+            stored.append({"name": name, "file_id": file_id})
+        return stored
+
+    def _upload_sources(self, root: Path, sources: list) -> list:
+        """File storage keeps sources once per runs root under ``_sources``; MongoDB in GridFS."""
+        stored = []
+        for name, stored_path in sources:
+            path = root / stored_path
+            if not path.is_file():
+                continue
+            data = path.read_bytes()
+            md5 = hashlib.md5(data).hexdigest()
+            found = self.db["fs.files"].find_one({"filename": name, "md5": md5}, {"_id": 1})
+            file_id = found["_id"] if found else self.fs.put(data, filename=name, md5=md5)
+            stored.append([name, file_id])
+        return stored
+
+
+def connect(url: Optional[str] = None, db_name: Optional[str] = None):
+    """The MongoDB database named by the environment (or the arguments)."""
+    import pymongo
+
+    import observers
+
+    settings = observers.mongo_settings()
+    url = url or (settings and settings[0])
+    if not url:
+        raise SystemExit("sync: set TOYLAB_MONGO_URL to the MongoDB to upload to (e.g. the one 'make board' prints)")
+    db_name = db_name or (settings[1] if settings else "sacred")
+    client = pymongo.MongoClient(url, serverSelectionTimeoutMS=5000)
+    return client, client[db_name]
+
+
+def sync(dirs: Iterable[os.PathLike] = (), url: Optional[str] = None, db_name: Optional[str] = None) -> SyncReport:
+    """Upload every run under the default roots and ``dirs`` that MongoDB does not have yet."""
+    client, db = connect(url, db_name)
+    try:
+        return Uploader(db).sync(run_dirs([*default_roots(), *map(Path, dirs)]))
+    finally:
+        client.close()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m observers sync", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dirs", nargs="*", help="more file-storage directories (or run directories) to upload")
+    args = parser.parse_args(argv)
+    import pymongo.errors
+
+    try:
+        report = sync(args.dirs)
+    except pymongo.errors.PyMongoError as error:
+        print(f"sync: MongoDB not reachable or refused the upload ({type(error).__name__}); nothing lost, "
+              "run sync again when it is back", file=sys.stderr)
+        return 1
+    for run_dir, reason in report.skipped:
+        print(f"sync: skipped {run_dir}: {reason}", file=sys.stderr)
+    print(report.summary())
+    return 0
