@@ -74,16 +74,16 @@ def config():
     torch_threads = 1  # the toy model is too small to gain from more threads
     seed = 0  # seeds the split, the targets and the initialisation
     # --- transformer (model="transformer"; p, train_fraction, train_steps, dtype, seed and the
-    # measurement keys above apply too; defaults are Power et al.'s architecture)
+    # measurement keys above apply too; defaults are Nanda et al.'s model and optimiser)
     operation = "addition"  # a op b mod p: addition, subtraction, multiplication, division (b != 0, p prime)
-    sequence = "power"  # tokens: "power" <eos> a op b = c <eos>; "nanda" [a, b, =]; the answer is read at "="
-    n_layers = 2  # transformer blocks
+    sequence = "nanda"  # tokens: "power" <eos> a op b = c <eos>; "nanda" [a, b, =]; the answer is read at "="
+    n_layers = 1  # transformer blocks
     d_model = 128  # residual stream width
     n_heads = 4  # attention heads of d_model / n_heads each
     d_mlp = 512  # hidden width of each block's ReLU MLP
-    layer_norm = True  # pre-norm LayerNorm in each block and before the unembedding; False: none (Nanda)
-    positions = "sinusoidal"  # position encoding: "sinusoidal" (fixed) or "learned"
-    embedding_std = 1.0  # token (and learned position) embeddings start N(0, embedding_std^2)
+    layer_norm = False  # True: pre-norm LayerNorm in each block and before the unembedding (Power)
+    positions = "learned"  # position encoding: "learned" or "sinusoidal" (fixed, Power)
+    embedding_std = d_model ** -0.5  # token (and learned position) embeddings start N(0, embedding_std^2)
     lr = 1e-3  # AdamW learning rate, betas (0.9, 0.98)
     weight_decay = 1.0  # AdamW decoupled weight decay
     warmup_steps = 10  # linear learning-rate warmup: lr * min(1, (step + 1) / warmup_steps)
@@ -137,47 +137,32 @@ def sacred_script():
 
 @ex.named_config
 def power():
-    """Power et al. (2022): a 2-layer transformer on division mod 97 with half the table
-    for training, minibatches of min(512, N_train / 2), 1e5 steps (a GPU run)."""
+    """Power et al. (2022): 2 layers, d_model 128, 4 heads, feed-forward 512 ReLU, LayerNorm,
+    sinusoidal positions; AdamW lr 1e-3 (10-step warmup), weight decay 1; division mod 97
+    with half the table for training, minibatches of min(512, N_train / 2), 1e5 steps (a GPU run)."""
     model = "transformer"
     p = 97
     operation = "division"
     sequence = "power"
     train_fraction = 0.5
     n_layers = 2
-    d_model = 128
-    n_heads = 4
-    d_mlp = 512
     layer_norm = True
     positions = "sinusoidal"
-    embedding_std = 1.0
-    lr = 1e-3
-    weight_decay = 1.0
-    warmup_steps = 10
+    embedding_std = 1.0  # PyTorch's default embedding initialisation
     batch_size = min(512, n_train_examples(p, operation, train_fraction) // 2)  # 512 for division mod 97
     train_steps = 100000
 
 
 @ex.named_config
 def nanda():
-    """Nanda et al. (2023): a 1-layer transformer without LayerNorm on addition mod 113
-    with 30% of the pairs for training, full batch, 40k steps (epochs; a GPU run)."""
+    """Nanda et al. (2023): the default transformer (1 layer, 4 heads of 32, d_mlp 512, no
+    LayerNorm, learned positions; AdamW lr 1e-3, weight decay 1, full batch) on addition
+    mod 113 with 30% of the pairs for training, 40k steps (epochs; a GPU run)."""
     model = "transformer"
     p = 113
     operation = "addition"
     sequence = "nanda"
     train_fraction = 0.3
-    n_layers = 1
-    d_model = 128
-    n_heads = 4
-    d_mlp = 512
-    layer_norm = False
-    positions = "learned"
-    embedding_std = d_model ** -0.5  # Nanda's embeddings start at scale 1 / sqrt(d_model)
-    lr = 1e-3
-    weight_decay = 1.0
-    warmup_steps = 10
-    batch_size = 0
     train_steps = 40000
 
 
@@ -187,20 +172,8 @@ def transformer_small():
     ~100 steps and generalises ~1000 steps later, in a minute or two on one CPU core."""
     model = "transformer"
     p = 31
-    operation = "addition"
-    sequence = "nanda"
     train_fraction = 0.6
-    n_layers = 1
-    d_model = 128
-    n_heads = 4
-    d_mlp = 512
-    layer_norm = False
-    positions = "learned"
-    embedding_std = d_model ** -0.5
     lr = 3e-3  # 3x the papers' rate: groks in ~1e3 instead of ~2e3 steps at this size
-    weight_decay = 1.0
-    warmup_steps = 10
-    batch_size = 0
     train_steps = 1500
     phase_margin = 100  # ~1/15 of the budget (the paper's 1e3 is 1/100 of 1e5)
 
