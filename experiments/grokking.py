@@ -168,14 +168,15 @@ def nanda():
 
 @ex.named_config
 def transformer_small():
-    """Nanda's transformer on addition mod 31 with 60% of the pairs: memorises within
-    ~100 steps and generalises ~1000 steps later, in a minute or two on one CPU core."""
+    """Nanda's transformer on addition mod 31 with 70% of the pairs, CI-sized: it fits the
+    training pairs within ~50 steps and reaches 0.9 test accuracy 150-350 steps later
+    (seeds 0-4), in well under a minute on one CPU core."""
     model = "transformer"
     p = 31
-    train_fraction = 0.6
-    lr = 3e-3  # 3x the papers' rate: groks in ~1e3 instead of ~2e3 steps at this size
-    train_steps = 1500
-    phase_margin = 100  # ~1/15 of the budget (the paper's 1e3 is 1/100 of 1e5)
+    train_fraction = 0.7
+    lr = 3e-3  # 3x the papers' rate: at 1e-3 this size takes several thousand steps to generalise
+    train_steps = 1000
+    phase_margin = 100  # a tenth of the budget (the paper's 1e3 is a hundredth of 1e5)
 
 
 @ex.config_hook

@@ -171,4 +171,4 @@ def test_transformer_small_groks_and_is_recorded():
     for name in ("training_curves.png", "model.pt"):
         assert (run_dir / name).stat().st_size > 1000, name
     state = torch.load(run_dir / "model.pt")
-    assert state["unembed.weight"].shape == (31, 128)
+    assert state["unembed.weight"].shape == (31, 128)  # Nanda: logits over the p residues only
