@@ -151,6 +151,14 @@ def test_bad_key_on_the_command_line_is_one_line_and_exit_status():
     assert lines[0].startswith("observers.ConfigError: positions='rotary' is not allowed"), result.stderr
 
 
+def test_power_config_runs_with_minibatches():
+    """A few steps of the full Power config: division mod 97 with batches of 512."""
+    run = ex.run(named_configs=["power"], config_updates={"train_steps": 3, "log_every": 1})
+    assert run.status == "COMPLETED" and run.result["steps"] == 3
+    assert (run.result["n_train"], run.result["n_test"]) == (4656, 4656) and run.result["phase"] == "confusion"
+    assert run.result["final_train_acc"] < 0.1  # chance is 1/100 over Power's vocabulary
+
+
 def test_transformer_small_groks_and_is_recorded():
     """The CI-sized transformer run: memorises first, generalises >= 0.9 much later."""
     run = ex.run(named_configs=["transformer_small"])

@@ -240,10 +240,10 @@ def train(model: Transformer, task: ModularTask, settings: TrainSettings, log_ev
         (loss_sum / len(answers)).backward()
         optimizer.step()
         schedule.step()
+        bar.update()  # a full-size step is slow enough on a CPU to want a live bar
         if step - chunk_start + 1 == chunk_steps or step == settings.train_steps - 1:
             if records:
                 flush()
-            bar.update(step + 1 - chunk_start)
             chunk_start = step + 1
     bar.close()
     return outcome
