@@ -16,7 +16,7 @@ With ``model="transformer"`` the same question is asked of the transformers of P
 al. (2022, arXiv 2201.02177) and Nanda et al. (2023, arXiv 2301.05217) on modular
 arithmetic (same metrics, threshold steps and phases; RQI is specific to the toy model):
 
-    python experiments/grokking.py with transformer_small       # groks on a CPU in a minute or two
+    python experiments/grokking.py with transformer_small       # groks on one CPU core in ~30 s
     python experiments/grokking.py with power                   # division mod 97: a GPU run
     python experiments/grokking.py with nanda                   # addition mod 113: a GPU run
 """
