@@ -29,6 +29,7 @@ test: venv
 
 bench: venv
 	$(PY) benchmarks/grokking_speed.py
+	$(PY) benchmarks/transformer_speed.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

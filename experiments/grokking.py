@@ -12,6 +12,14 @@ diagrams (Figure 6): threshold steps t_train, t_test, t_rqi and the phase.
     python experiments/grokking.py with p=10 train_fraction=0.45
     python experiments/grokking.py with sacred_script           # the repository's script model
     python experiments/grokking.py with resume_from=7           # continue interrupted run 7 (same config)
+
+With ``model="transformer"`` the same question is asked of the transformers of Power et
+al. (2022, arXiv 2201.02177) and Nanda et al. (2023, arXiv 2301.05217) on modular
+arithmetic (same metrics, threshold steps and phases; RQI is specific to the toy model):
+
+    python experiments/grokking.py with transformer_small       # groks on one CPU core in ~30 s
+    python experiments/grokking.py with power                   # division mod 97: a GPU run
+    python experiments/grokking.py with nanda                   # addition mod 113: a GPU run
 """
 import io
 import tempfile
@@ -23,9 +31,11 @@ import torch
 from sacred import Experiment
 
 from analysis import figures
+from toymodels import transformer
 from toymodels.grokking import (ACTIVATIONS, DTYPES, LOSSES, OPTIMIZERS, REPRESENTATIONS, Objective,
                                 OptimizerSettings, ToyAdditionModel, make_addition_task, n_pairs, n_train_pairs,
                                 train)
+from toymodels.modular import OPERATIONS, SEQUENCES, is_prime, make_modular_task, n_examples, n_train_examples
 from toymodels.phases import classify_phase
 from toymodels.representation import degrees_of_freedom
 
@@ -35,6 +45,7 @@ CHUNK_STEPS = 500  # the trainer reduces metrics per chunk of steps; checkpoints
 
 @ex.config
 def config():
+    model = "toy"  # "toy": Liu et al.'s toy model on i + j; "transformer": a transformer on a op b mod p
     # --- task
     p = 10  # symbols 0..p-1; samples are the pairs (i, j), i <= j, labelled i + j (2p - 1 classes)
     train_fraction = 0.8  # fraction of the p(p+1)/2 pairs used for training (rounded); the rest is the test set
@@ -69,6 +80,23 @@ def config():
     # --- interruption and resumption
     checkpoint_every = 5000  # steps between checkpoint.pt artifacts (0: only when interrupted); multiple of 500
     resume_from = None  # run id (or run directory) whose checkpoint.pt this run continues; None starts afresh
+    # --- transformer (model="transformer"; p, train_fraction, train_steps, dtype, seed and the
+    # measurement keys above apply too; defaults are Nanda et al.'s model and optimiser)
+    operation = "addition"  # a op b mod p: addition, subtraction, multiplication, division (b != 0, p prime)
+    sequence = "nanda"  # tokens: "power" <eos> a op b = c <eos>; "nanda" [a, b, =]; the answer is read at "="
+    n_layers = 1  # transformer blocks
+    d_model = 128  # residual stream width
+    n_heads = 4  # attention heads of d_model / n_heads each
+    d_mlp = 512  # hidden width of each block's ReLU MLP
+    layer_norm = False  # True: pre-norm LayerNorm in each block and before the unembedding (Power)
+    positions = "learned"  # position encoding: "learned" or "sinusoidal" (fixed, Power)
+    embedding_std = d_model ** -0.5  # token (and learned position) embeddings start N(0, embedding_std^2)
+    lr = 1e-3  # AdamW learning rate, betas (0.9, 0.98)
+    weight_decay = 1.0  # AdamW decoupled weight decay
+    warmup_steps = 10  # linear learning-rate warmup: lr * min(1, (step + 1) / warmup_steps)
+    batch_size = 0  # examples per step, shuffled each epoch; 0: full batch
+    eval_every = 1  # metrics on the whole train and test splits every this many steps (1: exact thresholds)
+    device = "auto"  # "auto": cuda when available, else cpu; or "cpu", "cuda"
 
 
 @ex.named_config
@@ -114,6 +142,50 @@ def sacred_script():
     train_steps = 50000
 
 
+@ex.named_config
+def power():
+    """Power et al. (2022): 2 layers, d_model 128, 4 heads, feed-forward 512 ReLU, LayerNorm,
+    sinusoidal positions; AdamW lr 1e-3 (10-step warmup), weight decay 1; division mod 97
+    with half the table for training, minibatches of min(512, N_train / 2), 1e5 steps (a GPU run)."""
+    model = "transformer"
+    p = 97
+    operation = "division"
+    sequence = "power"
+    train_fraction = 0.5
+    n_layers = 2
+    layer_norm = True
+    positions = "sinusoidal"
+    embedding_std = 1.0  # PyTorch's default embedding initialisation
+    batch_size = min(512, n_train_examples(p, operation, train_fraction) // 2)  # 512 for division mod 97
+    train_steps = 100000
+
+
+@ex.named_config
+def nanda():
+    """Nanda et al. (2023): the default transformer (1 layer, 4 heads of 32, d_mlp 512, no
+    LayerNorm, learned positions; AdamW lr 1e-3, weight decay 1, full batch) on addition
+    mod 113 with 30% of the pairs for training, 40k steps (epochs; a GPU run)."""
+    model = "transformer"
+    p = 113
+    operation = "addition"
+    sequence = "nanda"
+    train_fraction = 0.3
+    train_steps = 40000
+
+
+@ex.named_config
+def transformer_small():
+    """Nanda's transformer on addition mod 31 with 70% of the pairs, CI-sized: it fits the
+    training pairs within ~50 steps and reaches 0.9 test accuracy 150-350 steps later
+    (seeds 0-4), in well under a minute on one CPU core."""
+    model = "transformer"
+    p = 31
+    train_fraction = 0.7
+    lr = 3e-3  # 3x the papers' rate: at 1e-3 this size takes several thousand steps to generalise
+    train_steps = 1000
+    phase_margin = 100  # a tenth of the budget (the paper's 1e3 is a hundredth of 1e5)
+
+
 @ex.config_hook
 def validate(config, command_name, logger):
     """Refuse values the experiment cannot run, before any run is recorded."""
@@ -152,7 +224,50 @@ def validate(config, command_name, logger):
     for key in ("acc_threshold", "rqi_threshold"):
         if not 0 < config[key] <= 1:
             raise observers.ConfigError(f"{key}={config[key]!r} is not allowed: {key} must be in (0, 1]")
+    validate_transformer(config)
     return {}
+
+
+def validate_transformer(config):
+    """The transformer keys (checked whatever the model, so a typo never waits for a switch)."""
+    choices = {"model": ("toy", "transformer"), "operation": tuple(OPERATIONS), "sequence": SEQUENCES,
+               "positions": transformer.POSITIONS, "device": transformer.DEVICES}
+    for key, allowed in choices.items():
+        if config[key] not in allowed:
+            raise observers.ConfigError(f"{key}={config[key]!r} is not allowed: use one of {', '.join(allowed)}")
+    integers = {"n_layers": 1, "d_model": 1, "n_heads": 1, "d_mlp": 1, "warmup_steps": 0, "batch_size": 0,
+                "eval_every": 1}
+    for key, minimum in integers.items():
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise observers.ConfigError(f"{key}={value!r} is not allowed: {key} must be an integer >= {minimum}")
+    if config["d_model"] % config["n_heads"]:
+        raise observers.ConfigError(f"n_heads={config['n_heads']!r} is not allowed: it must divide "
+                                    f"d_model={config['d_model']}")
+    if not isinstance(config["layer_norm"], bool):
+        raise observers.ConfigError(f"layer_norm={config['layer_norm']!r} is not allowed: use true or false")
+    if not config["lr"] > 0:
+        raise observers.ConfigError(f"lr={config['lr']!r} is not allowed: lr must be > 0")
+    for key in ("weight_decay", "embedding_std"):
+        if not config[key] >= 0:
+            raise observers.ConfigError(f"{key}={config[key]!r} is not allowed: {key} must be >= 0")
+    if config["log_every"] % config["eval_every"]:
+        raise observers.ConfigError(f"eval_every={config['eval_every']!r} is not allowed: it must divide "
+                                    f"log_every={config['log_every']}")
+    if config["device"] == "cuda" and not torch.cuda.is_available():
+        raise observers.ConfigError("device='cuda' is not allowed: no CUDA device here; use auto or cpu")
+    if config["model"] != "transformer":
+        return
+    p, operation, fraction = config["p"], config["operation"], config["train_fraction"]
+    if operation == "division" and not is_prime(p):
+        raise observers.ConfigError(f"p={p!r} is not allowed with operation='division': p must be prime")
+    n_train = n_train_examples(p, operation, fraction)
+    if not 0 < n_train < n_examples(p, operation):
+        raise observers.ConfigError(f"train_fraction={fraction!r} is not allowed for p={p}: it gives {n_train} of "
+                                    f"{n_examples(p, operation)} examples for training; both splits need one")
+    if config["batch_size"] > n_train:
+        raise observers.ConfigError(f"batch_size={config['batch_size']!r} is not allowed: at most the {n_train} "
+                                    "training examples (0: full batch)")
 
 
 # ------------------------------------------------------------------ data and model
@@ -191,10 +306,72 @@ def load_checkpoint(_run, resume_from):
     return state
 
 
+@ex.capture
+def build_modular_task(p, operation, train_fraction, seed, sequence):
+    return make_modular_task(p, operation, train_fraction, seed, sequence)
+
+
+@ex.capture
+def build_transformer(task, n_layers, d_model, n_heads, d_mlp, layer_norm, positions, embedding_std, dtype, seed):
+    torch.manual_seed(seed)
+    config = transformer.TransformerConfig(task.vocab_size, task.n_outputs, task.context_length, n_layers, d_model,
+                                           n_heads, d_mlp, layer_norm, positions, embedding_std)
+    return transformer.Transformer(config).to(DTYPES[dtype])
+
+
+@ex.capture
+def transformer_settings(train_steps, lr, weight_decay, warmup_steps, batch_size, eval_every):
+    return transformer.TrainSettings(train_steps, lr, weight_decay, warmup_steps=warmup_steps,
+                                     batch_size=batch_size, eval_every=eval_every)
+
+
+@ex.capture
+def train_transformer(_run, train_steps, log_every, acc_threshold, phase_margin, device, seed):
+    """The transformer runs: same metrics (no RQI), threshold steps, phase and artifacts."""
+    task = build_modular_task()
+    model = build_transformer(task)
+    curves = {}
+
+    def log(step, metrics):
+        for name, value in metrics.items():
+            _run.log_scalar(name, value, step)
+            steps, values = curves.setdefault(name, ([], []))
+            steps.append(step)
+            values.append(value)
+
+    device = transformer.select_device(device)
+    outcome = transformer.train(model, task, transformer_settings(), log_every, on_log=log,
+                                acc_threshold=acc_threshold, device=device, seed=seed)
+    result = {
+        "t_train": outcome.t_train, "t_test": outcome.t_test,
+        "phase": classify_phase(outcome.t_train, outcome.t_test, train_steps, phase_margin),
+        "final_train_acc": outcome.final["train.acc"], "final_test_acc": outcome.final["test.acc"],
+        "steps": outcome.steps, "n_train": int(task.train_mask.sum()), "n_test": int((~task.train_mask).sum()),
+        "device": str(device),
+    }
+    _run.info.update(result)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        thresholds = {"t_train": outcome.t_train, "t_test": outcome.t_test}
+        title = f"{task.operation} mod {task.p}, phase: {result['phase']}"
+        _run.add_artifact(figures.save(figures.training_curves(curves, thresholds, title),
+                                       tmp / "training_curves.png"), "training_curves.png")
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp / "model.pt")
+        _run.add_artifact(str(tmp / "model.pt"), "model.pt")
+
+    print(f"run {_run._id}: {observers.describe(_run)}")
+    print(f"phase {result['phase']}: t_train={outcome.t_train} t_test={outcome.t_test}; final train acc "
+          f"{result['final_train_acc']:.3f}, test acc {result['final_test_acc']:.3f} ({device})")
+    return result
+
+
 @ex.automain
-def main(_run, train_steps, log_every, acc_threshold, rqi_threshold, parallelogram_tolerance, phase_margin,
+def main(_run, _config, train_steps, log_every, acc_threshold, rqi_threshold, parallelogram_tolerance, phase_margin,
          torch_threads, checkpoint_every):
     torch.set_num_threads(torch_threads)
+    if _config["model"] == "transformer":
+        return train_transformer(_run)
     task = build_task()
     objective = build_objective(task)
     model = build_model(objective.output_dim)
