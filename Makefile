@@ -24,7 +24,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 run: venv
 	$(PY) experiments/grokking.py
 
-test: venv
+test: venv test-deps
 	$(PY) -m pytest -q
 
 bench: venv
@@ -63,5 +63,7 @@ test-deps:
 	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  else echo "the board and browser tests need Debian packages:$$missing (apt-get install$$missing)"; exit 1; fi; fi
-	$(MAKE) board-deps
+	  else echo "the board and browser tests need Debian packages:$$missing (apt-get install$$missing); they skip without them"; \
+	    [ -z "$$CI" ] || exit 1; fi; fi
+	@# outside CI a machine without Python 3.13 still runs the rest of the suite (those tests skip, saying why)
+	$(MAKE) board-deps || [ -z "$$CI" ]
