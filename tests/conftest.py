@@ -40,6 +40,29 @@ def require_board(what: str) -> None:
         pytest.skip(message)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def real_mongo_url(tmp_path_factory):
+    """TOYLAB_TEST_MONGO_URL for the tests that need a real server: the user's when set,
+    otherwise one local MongoDB-compatible server process for the whole session (when its
+    prerequisites are installed, as `make test` does), so those tests run, not skip."""
+    if os.environ.get("TOYLAB_TEST_MONGO_URL"):
+        yield os.environ["TOYLAB_TEST_MONGO_URL"]
+        return
+    from observers.board import LocalMongo, missing_prerequisites
+
+    if missing_prerequisites():
+        yield None
+        return
+    server = LocalMongo(tmp_path_factory.mktemp("session-mongo") / "db.sqlite3",
+                        password="session-" + os.urandom(8).hex()).start()
+    os.environ["TOYLAB_TEST_MONGO_URL"] = server.url()
+    try:
+        yield server.url()
+    finally:
+        del os.environ["TOYLAB_TEST_MONGO_URL"]
+        server.stop()
+
+
 @pytest.fixture
 def local_mongo(tmp_path):
     """The local MongoDB-compatible server as a real process: free port, temporary SQLite file.

@@ -72,11 +72,13 @@ def test_encoder_cross_entropy_variant_runs():
 
 
 # -------------------------------------------------------------------------- MongoDB
-@pytest.fixture
-def mongo_database():
-    """A real server when TOYLAB_TEST_MONGO_URL is set, otherwise mongomock in-process."""
-    url = os.environ.get("TOYLAB_TEST_MONGO_URL")
+@pytest.fixture(params=["mongomock", "server"])
+def mongo_database(request):
+    """mongomock in-process, and a real server (TOYLAB_TEST_MONGO_URL, see conftest)."""
+    url = os.environ.get("TOYLAB_TEST_MONGO_URL") if request.param == "server" else None
     name = f"toylab_test_{os.getpid()}"
+    if request.param == "server" and not url:
+        pytest.skip("no real MongoDB server: set TOYLAB_TEST_MONGO_URL or install the local one (make test-deps)")
     if url:
         import pymongo
 
