@@ -54,6 +54,11 @@ def runs_dir() -> Path:
     return Path(os.environ.get("TOYLAB_RUNS_DIR") or "runs")
 
 
+def fallback_dir() -> Path:
+    """Where runs go when MongoDB is unreachable: ``TOYLAB_FALLBACK_DIR`` or ``<runs dir>/fallback``."""
+    return Path(os.environ.get("TOYLAB_FALLBACK_DIR") or runs_dir() / "fallback")
+
+
 def mongo_settings() -> tuple[str, str] | None:
     """(url, database) from the environment, or None when MongoDB is not configured."""
     url = os.environ.get("TOYLAB_MONGO_URL")

@@ -46,16 +46,10 @@ from sacred.observers.base import RunObserver
 from sacred.observers.file_storage import FileStorageObserver
 from sacred.serializer import flatten
 
+import observers
+
 DEFAULT_TIMEOUT_MS = 2000
 DEFAULT_END_TIMEOUT = 10.0
-
-
-def fallback_dir() -> Path:
-    """Where runs go when MongoDB is unreachable: ``TOYLAB_FALLBACK_DIR`` or ``<runs dir>/fallback``."""
-    configured = os.environ.get("TOYLAB_FALLBACK_DIR")
-    if configured:
-        return Path(configured)
-    return Path(os.environ.get("TOYLAB_RUNS_DIR") or "runs") / "fallback"
 
 
 def redact(text: str, url: Optional[str]) -> str:
@@ -105,7 +99,7 @@ class ResilientMongoObserver(RunObserver):
         self.timeout_ms = int(timeout_ms or os.environ.get("TOYLAB_MONGO_TIMEOUT_MS") or DEFAULT_TIMEOUT_MS)
         self.end_timeout = float(end_timeout if end_timeout is not None
                                  else os.environ.get("TOYLAB_MONGO_END_TIMEOUT") or DEFAULT_END_TIMEOUT)
-        self.fallback_root = Path(fallback) if fallback is not None else fallback_dir()
+        self.fallback_root = Path(fallback) if fallback is not None else observers.fallback_dir()
         self._client = client
         self.run_id = None  # the run's id in MongoDB (None when it never got one)
         self.fallback_run_dir: Optional[Path] = None  # set when the run went to file storage
