@@ -42,3 +42,53 @@ def summarise(frame: pd.DataFrame, by: list, value: str = "value") -> pd.DataFra
 def format_ci(mean: float, half: float, digits: int = 3) -> str:
     """"0.123 ± 0.010" (or just the mean when there is no interval)."""
     return f"{mean:.{digits}f}" if not np.isfinite(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+# ------------------------------------------------------ runs of one experiment, grouped
+def _label(value):
+    """A hashable, readable group label for a config value (lists are joined with '-')."""
+    if isinstance(value, (list, tuple)):
+        return "-".join(str(v) for v in value)
+    return value
+
+
+def completed_runs(source, experiment: str, by: list | None = None, **filters) -> pd.DataFrame:
+    """The experiment's COMPLETED runs (analysis.runs_table), ``by`` columns made hashable."""
+    from analysis.runs import runs_table
+
+    table = runs_table(source, experiment=experiment, **filters)
+    if table.empty:
+        return table
+    table = table[table["status"] == "COMPLETED"].copy()
+    for column in by or []:
+        table[column] = table[column].map(_label)
+    return table
+
+
+def metric_summary(source, experiment: str, metric: str, by: list | None = None, **filters) -> pd.DataFrame:
+    """One logged metric per (group, step): mean, ci, low, high and n over the group's runs."""
+    from analysis.runs import metrics_table
+
+    by = list(by or [])
+    runs = completed_runs(source, experiment, by, **filters)
+    if runs.empty:
+        return pd.DataFrame(columns=[*by, "step", "mean", "ci", "low", "high", "n"])
+    points = metrics_table(source, metric=metric, experiment=experiment).merge(runs[["run", *by]], on="run")
+    return summarise(points, [*by, "step"])
+
+
+def outcomes(source, experiment: str, columns, by: list | None = None, **filters) -> pd.DataFrame:
+    """Per group: each result column as "mean ± 95% CI half-width" (strings), and the seed count."""
+    by = list(by or [])
+    runs = completed_runs(source, experiment, by, **filters)
+    rows = []
+    for key, group in (runs.groupby(by, sort=True) if by else [((), runs)]):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(by, key))
+        for column in columns:
+            if column in group:
+                mean, half, _ = mean_ci(group[column])
+                row[column] = format_ci(mean, half)
+        row["seeds"] = len(group)
+        rows.append(row)
+    return pd.DataFrame(rows)

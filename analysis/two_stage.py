@@ -13,94 +13,40 @@ from __future__ import annotations
 
 import pandas as pd
 
+from analysis import figures, intervals
 from analysis.figures import plt
-from analysis.intervals import format_ci, summarise
-from analysis.runs import metrics_table, runs_table
 
 EXPERIMENT = "two_stage"
 OUTCOMES = ("test_agreement", "test_kappa", "test_correlation", "control_agreement", "ceiling_agreement",
             "stage1_epochs")
 
 
-def _label(value):
-    """A hashable, readable group label for a config value (lists are joined with '-')."""
-    if isinstance(value, (list, tuple)):
-        return "-".join(str(v) for v in value)
-    return value
-
-
-def completed_runs(source, by: list, **filters) -> pd.DataFrame:
+def completed_runs(source, by: list | None = None, **filters) -> pd.DataFrame:
     """The completed two-stage runs with their ``by`` columns made hashable."""
-    table = runs_table(source, experiment=EXPERIMENT, **filters)
-    if table.empty:
-        return table
-    table = table[table["status"] == "COMPLETED"].copy()
-    for column in by:
-        table[column] = table[column].map(_label)
-    return table
-
-
-def metric_summary(source, metric: str, by: list | None = None, **filters) -> pd.DataFrame:
-    """One logged metric per (group, step): mean, ci, low, high, n over the group's runs."""
-    by = list(by or [])
-    runs = completed_runs(source, by, **filters)
-    if runs.empty:
-        return pd.DataFrame(columns=[*by, "step", "mean", "ci", "low", "high", "n"])
-    points = metrics_table(source, metric=metric, experiment=EXPERIMENT)
-    points = points.merge(runs[["run", *by]], on="run")
-    return summarise(points, [*by, "step"])
+    return intervals.completed_runs(source, EXPERIMENT, by, **filters)
 
 
 def agreement_curves(source, metric: str = "stage2.agreement", by: list | None = None, **filters) -> pd.DataFrame:
     """Agreement (or any per-epoch metric: stage2.kappa, control.agreement, ...) against the stage-2 epoch."""
-    return metric_summary(source, metric, by, **filters).rename(columns={"step": "epoch"})
+    return intervals.metric_summary(source, EXPERIMENT, metric, by, **filters).rename(columns={"step": "epoch"})
 
 
 def sample_efficiency(source, metric: str = "sample_efficiency.agreement", by: list | None = None,
                       **filters) -> pd.DataFrame:
     """Final agreement against the stage-2 training-set size (the metric's step is the size)."""
-    return metric_summary(source, metric, by, **filters).rename(columns={"step": "samples"})
+    return intervals.metric_summary(source, EXPERIMENT, metric, by, **filters).rename(columns={"step": "samples"})
 
 
 def outcomes(source, by: list | None = None, columns=OUTCOMES, **filters) -> pd.DataFrame:
     """Per group: every outcome column as "mean ± 95% CI half-width" (strings), and the seed count."""
-    by = list(by or [])
-    runs = completed_runs(source, by, **filters)
-    rows = []
-    for key, group in (runs.groupby(by, sort=True) if by else [((), runs)]):
-        key = key if isinstance(key, tuple) else (key,)
-        row = dict(zip(by, key))
-        for column in columns:
-            if column in group:
-                stats = summarise(group.assign(_k=0), ["_k"], value=column).iloc[0]
-                row[column] = format_ci(stats["mean"], stats["ci"])
-        row["seeds"] = len(group)
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return intervals.outcomes(source, EXPERIMENT, columns, by, **filters)
 
 
 def plot_curves(summary: pd.DataFrame, by: list | None = None, x: str = "epoch", ax=None, label_prefix: str = "",
                 chance: float | None = None):
-    """Mean curves with shaded 95% intervals, one line per group of ``by``."""
-    by = list(by or [])
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    groups = summary.groupby(by, sort=True) if by else [((), summary)]
-    for key, group in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        label = label_prefix + ", ".join(f"{k}={v}" for k, v in zip(by, key)) or label_prefix or None
-        group = group.sort_values(x)
-        line, = ax.plot(group[x], group["mean"], marker="o" if x == "samples" else None, ms=3, label=label)
-        ax.fill_between(group[x], group["low"], group["high"], color=line.get_color(), alpha=0.2, lw=0)
-    if chance is not None:
-        ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")
-    if x == "samples":
-        ax.set_xscale("log")
-    ax.set_xlabel(x)
-    ax.set_ylabel("agreement with Network_1 (held out)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
-    return ax
+    """Mean agreement curves with shaded 95% intervals, one line per group of ``by``."""
+    return figures.mean_curves(summary, by, x, ax, label_prefix, chance, ylabel="agreement with Network_1 (held out)",
+                               log_x=x == "samples")
 
 
 # --------------------------------------------------------------------- one run's figure
