@@ -42,6 +42,8 @@ SWEEPS = {
     "input_dim": {"grid": {"input_dim": [20, 50, 100, 200]}, "seeds": 5},
     "architecture": {"grid": {"hidden_sizes": [[64], [256, 128, 64], [512, 512, 256, 128]]}, "seeds": 5},
     "input_cov": {"grid": {"input_cov": ["isotropic", "power_law"]}, "seeds": 5},
+    # how much Network_1 memorises: fewer stage-1 points should leave a smoother function
+    "stage1_samples": {"grid": {"stage1_samples": [1000, 2000, 5000]}, "seeds": 5},
 }
 
 
