@@ -24,6 +24,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from toymodels.classifier import evaluate, predict, train_epoch
 from toymodels.transformer import sinusoidal_positions
@@ -226,8 +227,6 @@ def train(model: ListOpsTransformer, splits: dict, epochs: int, lr: float, batch
     """Adam on cross-entropy; after each epoch the running train loss / accuracy over the
     epoch's batches and the validation loss / accuracy; keeps the parameters of the best
     validation accuracy (the first epoch reaching it)."""
-    from tqdm.auto import tqdm
-
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     history, best = [], (-1.0, 0, None)

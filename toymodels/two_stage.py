@@ -25,6 +25,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from toymodels.classifier import EpochStats, evaluate, predict, train_epoch
 from toymodels.grokking import mlp
@@ -133,16 +134,17 @@ def build_network(architecture: str, input_dim: int, hidden_sizes: Sequence[int]
 # ---------------------------------------------------------------------------- training
 def fit(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, epochs: int, lr: float, batch_size: int,
         seed: int, stop_at_acc: Optional[float] = None,
-        on_epoch: Optional[Callable[[int, EpochStats], None]] = None) -> list[EpochStats]:
+        on_epoch: Optional[Callable[[int, EpochStats], None]] = None, progress: bool = False) -> list[EpochStats]:
     """Adam on cross-entropy for up to ``epochs`` epochs (minibatch order from ``seed``).
 
     After each epoch, ``on_epoch(epoch, stats)`` (epochs count from 1) with the loss and
     accuracy on the whole training set at the current parameters; training stops early
-    when that accuracy reaches ``stop_at_acc``. Returns the per-epoch stats."""
+    when that accuracy reaches ``stop_at_acc``. Returns the per-epoch stats; ``progress``
+    shows a bar over the epochs."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     history = []
-    for epoch in range(1, epochs + 1):
+    for epoch in tqdm(range(1, epochs + 1), desc="epochs", leave=False, disable=not progress):
         train_epoch(model, optimizer, (inputs,), labels, batch_size, generator)
         stats = evaluate(model, (inputs,), labels)
         history.append(stats)
