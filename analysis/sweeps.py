@@ -79,6 +79,17 @@ def aggregate(table: pd.DataFrame, by: str, columns) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def curves_over_seeds(metrics: pd.DataFrame, runs: pd.DataFrame, by: str, metric: str) -> pd.DataFrame:
+    """A metric's curve per value of ``by`` (a config column of ``runs``), over the seeds:
+    columns by, step, n, mean, low, high (95% interval). ``metrics`` is a metrics_table."""
+    curves = metrics[metrics["metric"] == metric].merge(runs[["run", by]], on="run")
+    rows = []
+    for (value, step), group in curves.groupby([by, "step"]):
+        mean, low, high = mean_ci(group["value"])
+        rows.append({by: value, "step": step, "n": len(group), "mean": mean, "low": low, "high": high})
+    return pd.DataFrame(rows)
+
+
 def _is_log_axis(name: str, values) -> bool:
     values = np.asarray(values, dtype=float)
     return name.endswith("_lr") and bool(np.all(values > 0))

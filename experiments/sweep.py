@@ -304,12 +304,20 @@ def default_store():
 def run_block(experiment_file: str, sweep: str, points: list[Point], store) -> list[dict]:
     """Run the points of one block on this worker: claim, skip what is COMPLETED, train the
     rest together when the experiment allows, record each as its own run. One dict per point."""
-    for name, value in store.environment().items():
+    saved = dict(os.environ)
+    for name, value in store.environment().items():  # the runs record where the sweep records
         if value is None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-    module = load_experiment(experiment_file)
+    try:
+        return _run_block(load_experiment(experiment_file), sweep, points, store)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _run_block(module, sweep: str, points: list[Point], store) -> list[dict]:
     with contextlib.ExitStack() as stack:
         outcomes, mine = {}, []
         done = store.completed(sweep)
@@ -325,7 +333,7 @@ def run_block(experiment_file: str, sweep: str, points: list[Point], store) -> l
             if point.key in done:
                 outcomes[point.key] = {"status": "SKIPPED", "run": done[point.key]}
                 mine.remove(point)
-        if len(mine) > 1:
+        if len(mine) > 1 and hasattr(module, "train_block"):
             module.train_block([point_config(module, point) for point in mine])
         for point in mine:
             outcomes[point.key] = _record(module, sweep, point, store)

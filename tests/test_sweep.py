@@ -117,3 +117,136 @@ def test_failed_point_is_reported_with_its_run_id(client, tmp_path):
     out = io.StringIO()
     assert sweep.print_summary(rows, "failing", out) == 1
     assert f"FAILED: run {rows[0]['run']}" in out.getvalue()
+
+
+# ------------------------------------------------------------------ claims
+def test_file_claim_excludes_another_process_until_it_dies(tmp_path):
+    import subprocess
+    import sys
+
+    store = sweep.FileStore(str(tmp_path / "runs"))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from experiments.sweep import FileStore\n"
+        f"with FileStore({str(tmp_path / 'runs')!r}).claim('s', 'k') as held:\n"
+        "    print(held, flush=True); time.sleep(60)")], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        with store.claim("s", "k") as held:
+            assert not held
+        with store.claim("s", "other") as held:
+            assert held
+    finally:
+        holder.kill()
+        holder.wait()
+    with store.claim("s", "k") as held:  # the kernel released the dead holder's lock
+        assert held
+
+
+def test_mongo_claim_is_exclusive_and_taken_over_after_its_lease(monkeypatch):
+    import mongomock
+
+    store = sweep.MongoStore("sacred")
+    store._db = mongomock.MongoClient()["sacred"]
+    with store.claim("s", "k") as held:
+        assert held
+        with store.claim("s", "k") as again:
+            assert not again
+        # its worker died: no heartbeat for longer than the lease
+        store._db.sweep_claims.update_one({"_id": "s/k"}, {"$set": {"heartbeat": time.time() - 2 * sweep.CLAIM_LEASE}})
+        with store.claim("s", "k") as taken:
+            assert taken
+    assert store._db.sweep_claims.count_documents({}) == 0
+
+
+# ------------------------------------------------------------------ blocks and the quick diagram
+def configs(spec):
+    module = sweep.load_experiment(GROKKING)
+    return module, [sweep.point_config(module, point) for point in sweep.expand("grokking", spec)]
+
+
+def test_block_training_gives_the_threshold_steps_of_single_runs():
+    """float64: identical threshold steps and phases (float32 agrees in phase only, see the docstring)."""
+    module, cfgs = configs({"grid": {"decoder_lr": [1e-3, 1e-2]}, "named_configs": ["paper"], "seeds": [2],
+                            "config": {"train_steps": 1000, "dtype": "float64"}})
+    module.train_block(cfgs)
+    together = [module._BLOCK_TRAINED.pop(module._fingerprint(c))["outcome"] for c in cfgs]
+    for config, block in zip(cfgs, together):
+        module.train_block([config])
+        alone = module._BLOCK_TRAINED.pop(module._fingerprint(config))["outcome"]
+        assert (block.t_train, block.t_test, block.t_rqi) == (alone.t_train, alone.t_test, alone.t_rqi)
+        assert block.t_train is not None  # a threshold was crossed: the comparison means something
+        assert classify_phase(block.t_train, block.t_test, 1000, 100) == classify_phase(alone.t_train, alone.t_test,
+                                                                                         1000, 100)
+
+
+LANDMARKS = {(1e-4, 0): "comprehension", (1e-3, 0): "memorization", (1e-2, 0): "memorization",
+             (1e-2, 10): "confusion"}
+
+
+@pytest.fixture(scope="module")
+def quick_sweeps(tmp_path_factory):
+    """The landmark cells of the MSE diagram (seed 2, budget 2500) and a tiny fraction scan, run
+    in this process by the sweep's worker function (the cluster is tested above)."""
+    root = tmp_path_factory.mktemp("quick") / "runs"
+    store = sweep.FileStore(str(root))
+    phase = {"named_configs": ["paper"], "config": {"train_steps": 2500, "stop_when_decided": True, "seed": 2}}
+    points = [point for (lr, decay) in LANDMARKS for point in sweep.expand(
+        "grokking", {**phase, "grid": {"decoder_lr": [lr], "decoder_weight_decay": [decay]}})]
+    assert all(row["status"] == "COMPLETED" for row in sweep.run_block(GROKKING, "landmarks", points, store))
+    scan = sweep.expand("grokking", {"grid": {"train_fraction": [0.3, 0.6]}, "named_configs": ["paper"],
+                                     "config": {"train_steps": 200}, "seeds": 2})
+    assert all(row["status"] == "COMPLETED" for row in sweep.run_block(GROKKING, "scan", scan, store))
+    return root
+
+
+def test_quick_diagram_reproduces_the_landmarks(quick_sweeps):
+    import analysis
+
+    table = analysis.phase_table(analysis.sweep_runs(str(quick_sweeps), "landmarks"), "decoder_lr",
+                                 "decoder_weight_decay")
+    found = {(row.decoder_lr, row.decoder_weight_decay): row.phase for row in table.itertuples()}
+    assert found == LANDMARKS
+    runs = analysis.sweep_runs(str(quick_sweeps), "landmarks")
+    comprehension = runs[runs["phase"] == "comprehension"].iloc[0]
+    assert comprehension["stopped_early"] and comprehension["steps"] < 2500  # decided: stopped early, said why
+    assert "phase is decided" in comprehension["stop_reason"]
+    assert not runs[runs["phase"] == "memorization"]["stopped_early"].any()  # undecided: ran to the budget
+
+
+def test_notebook_executes_on_a_quick_sweep(quick_sweeps, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("TOYLAB_RUNS_DIR", str(quick_sweeps))
+    monkeypatch.setenv("TOYLAB_PHASE_SWEEP", "landmarks")
+    monkeypatch.setenv("TOYLAB_FRACTION_SWEEP", "scan")
+    monkeypatch.setenv("TOYLAB_DOF_SAMPLES", "50")
+    notebook = nbformat.read(REPO / "notebooks" / "grokking.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # diagram, critical fraction, curves
+
+
+# ------------------------------------------------------------------ command line and SLURM
+def test_command_line_lists_points_and_refuses_bad_values_in_one_line(capsys):
+    assert sweep.main([GROKKING, "--sweep", "phase_mse", "--list"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 16 * 11
+    assert sweep.main([GROKKING, "--grid", "decoder_lr=1e-3,-1", "with", "train_steps=10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["observers.ConfigError: decoder_lr=-1 is not allowed: decoder_lr must be > 0"]
+    with pytest.raises(SystemExit, match="declares phase_mse"):
+        sweep.main([GROKKING, "--sweep", "nope"])
+
+
+def test_slurm_job_script_asks_for_partition_walltime_memory():
+    cluster = sweep.slurm_cluster(partition="short", walltime="00:20:00", memory="3GB", cores=2,
+                                  scheduler_options={"dashboard_address": None})
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for line in ("#SBATCH -p short", "#SBATCH -t 00:20:00", "#SBATCH --mem=3G", "#SBATCH --cpus-per-task=2"):
+        assert line in script
+    assert "--nworkers 2" in script and "--nthreads 1" in script  # one single-threaded worker per core
