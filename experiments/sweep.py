@@ -136,6 +136,11 @@ def load_experiment(path: str):
     return _MODULES[path]
 
 
+def preload(experiment_file: str) -> None:
+    """Import the experiment in this (worker) process ahead of its first point."""
+    load_experiment(experiment_file)
+
+
 def point_config(module, point: Point) -> dict:
     """The full config of a point, as its run will see it (config hooks validate it); no run is recorded."""
     run = module.ex._create_run(config_updates=dict(point.updates), named_configs=list(point.named_configs),
@@ -345,7 +350,7 @@ def _record(module, sweep: str, point: Point, store) -> dict:
     run = None
     try:
         # a worker prints nothing per run (its captured output is recorded in the run, as usual)
-        options = {"--capture": "sys", "--loglevel": "WARNING"}
+        options = {"--capture": "sys", "--loglevel": "ERROR"}
         run = module.ex._create_run(config_updates=dict(point.updates), named_configs=list(point.named_configs),
                                     meta_info={"sweep": sweep, "sweep_point": point.key},
                                     info={"sweep": sweep}, options=options)
