@@ -179,6 +179,32 @@ def test_block_training_gives_the_threshold_steps_of_single_runs():
                                                                                          1000, 100)
 
 
+def test_stopped_models_leave_the_batch_without_changing_the_others():
+    """Early-stopped models are dropped from the batch (no checkpoints): the others train
+    exactly as in a batch that keeps computing the stopped ones (on_checkpoint disables it)."""
+    import torch
+
+    from toymodels.grokking import Objective, OptimizerSettings, ToyAdditionModel, make_addition_task, train
+
+    def trained(compact: bool):
+        tasks = [make_addition_task(10, 0.8, seed) for seed in range(3)]
+        objectives = [Objective("mse", 19, 30, seed) for seed in range(3)]
+        models = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            models.append(ToyAdditionModel(10, 1, 30))
+        settings = [OptimizerSettings(decoder_lr=lr) for lr in (1e-3, 3e-3, 1e-2)]
+        outcomes = train(models, tasks, objectives, settings, 300, 10, chunk_steps=100, progress=False,
+                         stop_when=lambda k, outcome: k == 1, on_checkpoint=None if compact else lambda state: None)
+        return outcomes, [m.state_dict() for m in models]
+
+    (compacted, compacted_params), (full, full_params) = trained(True), trained(False)
+    assert [o.steps for o in compacted] == [300, 100, 300] and compacted[1].stopped_early
+    assert [vars(o) for o in compacted] == [vars(o) for o in full]
+    for a, b in zip(compacted_params, full_params):
+        assert all(torch.equal(a[name], b[name]) for name in a)
+
+
 LANDMARKS = {(1e-4, 0): "comprehension", (1e-3, 0): "memorization", (1e-2, 0): "memorization",
              (1e-2, 10): "confusion"}
 
