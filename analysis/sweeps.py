@@ -28,9 +28,10 @@ T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 PHASE_COLORS = {"comprehension": "#2ca02c", "grokking": "#1f77b4", "memorization": "#ff7f0e", "confusion": "#d62728"}
 
 
-def sweep_runs(source, sweep: str, experiment: str | None = "grokking", **config_filters) -> pd.DataFrame:
+def sweep_runs(source, sweep: str, experiment: str | None = "grokking", db_name: str | None = None,
+               **config_filters) -> pd.DataFrame:
     """The COMPLETED runs of one sweep (runs_table rows; file storage directory or MongoDB URL)."""
-    table = runs_table(source, experiment=experiment, **config_filters)
+    table = runs_table(source, experiment=experiment, db_name=db_name, **config_filters)
     if table.empty:
         return table
     return table[(table["sweep"] == sweep) & (table["status"] == "COMPLETED")].reset_index(drop=True)

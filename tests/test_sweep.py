@@ -158,6 +158,35 @@ def test_mongo_claim_is_exclusive_and_taken_over_after_its_lease(monkeypatch):
     assert store._db.sweep_claims.count_documents({}) == 0
 
 
+def test_sweep_records_to_a_real_mongodb_exactly_once(monkeypatch):
+    """The MongoDB store end to end: runs tagged (meta.sweep, Omniboard tag), claims released,
+    a second pass skips every point, the analysis loads the sweep."""
+    import pymongo
+
+    import analysis
+
+    url = os.environ.get("TOYLAB_TEST_MONGO_URL")
+    if not url:
+        pytest.skip("no real MongoDB server: set TOYLAB_TEST_MONGO_URL or install the local one (make test-deps)")
+    name = f"toylab_sweep_{os.getpid()}"
+    monkeypatch.setenv("TOYLAB_MONGO_URL", url)
+    monkeypatch.setenv("TOYLAB_MONGO_DB", name)
+    client = pymongo.MongoClient(url, serverSelectionTimeoutMS=5000)
+    try:
+        store = sweep.default_store()
+        points = sweep.expand("grokking", TINY)
+        rows = sweep.run_block(GROKKING, "tiny", points, store)
+        assert [row["status"] for row in rows] == ["COMPLETED"] * 2
+        docs = list(client[name].runs.find({"meta.sweep": "tiny", "status": "COMPLETED"}))
+        assert len(docs) == 2 and all(doc["omniboard"]["tags"] == ["tiny"] for doc in docs)
+        assert client[name].sweep_claims.count_documents({}) == 0
+        assert [row["status"] for row in sweep.run_block(GROKKING, "tiny", points, store)] == ["SKIPPED"] * 2
+        table = analysis.sweep_runs(url, "tiny", db_name=name)
+        assert sorted(table["decoder_lr"]) == [1e-3, 1e-2]
+    finally:
+        client.drop_database(name)
+
+
 # ------------------------------------------------------------------ blocks and the quick diagram
 def configs(spec):
     module = sweep.load_experiment(GROKKING)
