@@ -571,14 +571,20 @@ def main(argv: Optional[list[str]] = None) -> int:
         slurm = {"partition": args.slurm_partition, "walltime": args.slurm_walltime, "memory": args.slurm_memory,
                  "cores": args.slurm_cores, "jobs": args.slurm_jobs}
     started = time.time()
-    with make_client(args.workers, args.scheduler, slurm) as client:
+    client = make_client(args.workers, args.scheduler, slurm)
+    cluster = None if args.scheduler else client.cluster  # ours to close; an existing cluster stays up
+    try:
         n_workers = len(client.scheduler_info().get("workers", {}))
         print(f"sweep {sweep}: {len(expand(module.ex.path, spec))} points on {n_workers or 'pending'} Dask "
-              f"workers ({client.scheduler.address}); recording to {_where(default_store())}")
+              f"workers ({client.scheduler.address}); recording to {_where(default_store())}", flush=True)
         rows = run_sweep(args.experiment_file, spec, sweep, client, block_size=args.block_size)
-        cluster = client.cluster
+    except KeyboardInterrupt:
+        print(f"\nsweep {sweep} interrupted: run the same command again to run only the points not COMPLETED",
+              file=sys.stderr)
+        return 130
+    finally:
+        client.close()
         if cluster is not None:
-            client.close()
             cluster.close()
     code = print_summary(rows, sweep)
     print(f"wall time {time.time() - started:.1f} s")

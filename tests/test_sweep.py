@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_script
+from conftest import REPO
 from experiments import sweep
 from toymodels.phases import classify_phase
 
