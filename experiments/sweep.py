@@ -339,7 +339,11 @@ def _run_block(module, sweep: str, points: list[Point], store) -> list[dict]:
                 outcomes[point.key] = {"status": "SKIPPED", "run": done[point.key]}
                 mine.remove(point)
         if len(mine) > 1 and hasattr(module, "train_block"):
-            module.train_block([point_config(module, point) for point in mine])
+            try:
+                module.train_block([point_config(module, point) for point in mine])
+            except Exception as error:  # noqa: BLE001 - each point then trains in its own run, which reports
+                print(f"block training failed ({type(error).__name__}: {error}); running its points one by one",
+                      file=sys.stderr)
         for point in mine:
             outcomes[point.key] = _record(module, sweep, point, store)
     return [{"key": point.key, **outcomes[point.key]} for point in points]
@@ -440,7 +444,8 @@ def run_sweep(experiment_file: str, spec: dict, sweep: str, client, block_size: 
                     if outcome["status"] != "BUSY":
                         summary[outcome["key"]] = outcome
                         bar.update(1)
-            running = sum(len(futures[f]) for f in remaining if f.status == "pending" and _processing(client, f))
+            processing = _processing(client)
+            running = sum(len(futures[f]) for f in remaining if f.key in processing)
             failed = sum(o["status"] == "FAILED" for o in summary.values())
             bar.set_postfix({"done": len(summary) - failed, "running": running, "failed": failed}, refresh=True)
         if pending:
@@ -449,13 +454,12 @@ def run_sweep(experiment_file: str, spec: dict, sweep: str, client, block_size: 
     return [{"point": by_key[key], **summary[key]} for key in by_key]
 
 
-def _processing(client, future) -> bool:
-    """Whether the scheduler has handed ``future``'s task to a worker (best effort)."""
+def _processing(client) -> set:
+    """The keys of the tasks the scheduler has handed to workers (best effort: for the progress bar)."""
     try:
-        processing = client.processing()
+        return {key for keys in client.processing().values() for key in keys}
     except Exception:  # noqa: BLE001
-        return False
-    return any(future.key in keys for keys in processing.values())
+        return set()
 
 
 def print_summary(rows: list[dict], sweep: str, stream=None) -> int:
