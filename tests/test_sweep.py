@@ -285,6 +285,20 @@ def test_notebook_executes_on_a_quick_sweep(quick_sweeps, monkeypatch):
 
 
 # ------------------------------------------------------------------ command line and SLURM
+def test_points_are_variants_by_grid_by_seeds_with_stable_keys():
+    spec = {"grid": {"a": [1, 2], "b": ["x"]}, "variants": ["v1", "v2"], "named_configs": ["base"],
+            "config": {"c": 0.5}, "seeds": 2}
+    points = sweep.expand("exp", spec)
+    assert len(points) == 2 * 2 * 1 * 2
+    assert points[0].named_configs == ("base", "v1") and points[0].updates == {"c": 0.5, "a": 1, "b": "x", "seed": 0}
+    assert points[-1].named_configs == ("base", "v2") and points[-1].updates["seed"] == 1
+    assert len({p.key for p in points}) == len(points)
+    assert [p.key for p in sweep.expand("exp", spec)] == [p.key for p in points]  # a re-run finds its points
+    assert sweep.parse_value("1e-3") == 1e-3 and sweep.parse_value("true") is True
+    assert sweep.parse_value("adamw") == "adamw"
+
+
+
 def test_command_line_lists_points_and_refuses_bad_values_in_one_line(capsys):
     assert sweep.main([GROKKING, "--sweep", "phase_mse", "--list"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 16 * 11
