@@ -148,8 +148,9 @@ def point_config(module, point: Point) -> dict:
     return dict(run.config)
 
 
-def blocks(module, points: list[Point], block_size: int) -> list[list[Point]]:
-    """Points grouped into blocks of the same ``block_signature`` (at most ``block_size``)."""
+def blocks(module, points: list[Point], block_size: int, n_workers: int = 1) -> list[list[Point]]:
+    """Points grouped into blocks of the same ``block_signature``: at most ``block_size`` each,
+    and as many blocks as it takes to keep ``n_workers`` busy (a multiple of it, of even size)."""
     signature = getattr(module, "block_signature", None)
     if signature is None or not hasattr(module, "train_block") or block_size <= 1:
         return [[p] for p in points]
@@ -158,7 +159,11 @@ def blocks(module, points: list[Point], block_size: int) -> list[list[Point]]:
     for point in points:
         key = signature(point_config(module, point))
         (singles.append([point]) if key is None else groups.setdefault(key, []).append(point))
-    out = [group[i:i + block_size] for group in groups.values() for i in range(0, len(group), block_size)]
+    out = []
+    for group in groups.values():
+        n_blocks = -(-len(group) // block_size)
+        n_blocks = min(len(group), -(-n_blocks // n_workers) * n_workers)
+        out.extend(group[i::n_blocks] for i in range(n_blocks))  # interleaved: neighbours spread over blocks
     return out + singles
 
 
@@ -417,7 +422,8 @@ def run_sweep(experiment_file: str, spec: dict, sweep: str, client, block_size: 
     for point in points:
         if point.key in done:
             summary[point.key] = {"key": point.key, "status": "SKIPPED", "run": done[point.key]}
-    pending = blocks(module, [point for point in points if point.key not in summary], block_size)
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))  # SLURM workers may still be queued
+    pending = blocks(module, [point for point in points if point.key not in summary], block_size, n_workers)
     bar = tqdm(total=len(points), initial=len(summary), desc=f"sweep {sweep}", unit="point", dynamic_ncols=True,
                disable=(not sys.stderr.isatty()) if progress is None else not progress)
     while pending:

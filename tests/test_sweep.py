@@ -53,8 +53,6 @@ def test_sweep_runs_every_point_once_then_resumes_only_missing_points(client, tm
     table = analysis.sweep_runs(str(root), "tiny")
     assert sorted(zip(table["decoder_lr"], table["seed"])) == [(1e-3, 0), (1e-2, 0)]
     assert set(table["phase"]) <= {"comprehension", "grokking", "memorization", "confusion"}
-    infos = [json.loads((root / str(r["id"]) / "info.json").read_text()) for r in runs]
-    assert [info["trained_in_block_of"] for info in infos] == [2, 2]
 
     # "interrupted": one point lost its COMPLETED run, and the sweep grew by one value
     lost = runs[0]
@@ -262,6 +260,8 @@ def test_quick_diagram_reproduces_the_landmarks(quick_sweeps):
     found = {(row.decoder_lr, row.decoder_weight_decay): row.phase for row in table.itertuples()}
     assert found == LANDMARKS
     runs = analysis.sweep_runs(str(quick_sweeps), "landmarks")
+    infos = [json.loads((quick_sweeps / str(run) / "info.json").read_text()) for run in runs["run"]]
+    assert [info["trained_in_block_of"] for info in infos] == [4] * 4  # trained together, recorded apart
     comprehension = runs[runs["phase"] == "comprehension"].iloc[0]
     assert comprehension["stopped_early"] and comprehension["steps"] < 2500  # decided: stopped early, said why
     assert "phase is decided" in comprehension["stop_reason"]
