@@ -430,10 +430,15 @@ class _FlatNetwork:
         self.dtype = tensors[0][1][0].dtype
         G = len(models)
         self.theta = torch.cat([torch.stack(ts).reshape(G, -1) for _, ts, _ in tensors], dim=1)
-        self.views, offset = {}, 0
+        # Gradients are written straight into one persistent (G, P) buffer laid out like
+        # theta: a fresh concatenated gradient every step costs a large allocation (and its
+        # page faults), which at this size is as slow as a matrix product.
+        self.grad = torch.zeros_like(self.theta)
+        self.views, self.grad_views, offset = {}, {}, 0
         for (name, _, _), shape in zip(tensors, shapes):
             size = shape.numel()
             self.views[name] = self.theta[:, offset:offset + size].view(G, *shape)
+            self.grad_views[name] = self.grad[:, offset:offset + size].view(G, *shape)
             offset += size
         self.is_encoder = torch.cat([torch.full((s.numel(),), enc) for (_, _, enc), s in zip(tensors, shapes)])
         self.symbol_vectors = first.symbol_vectors if self.representation == "encoder" else None
@@ -466,7 +471,6 @@ class _FlatNetwork:
                 self.groups.append({"model": k, "part": part, "param": param, "lr": lr, "weight_decay": decay,
                                     "exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param),
                                     "step": torch.zeros((), dtype=torch.float32)})
-        self.grads: dict[str, torch.Tensor] = {}
         self._saved: dict[str, list] = {}
         self.names = [name for name, _, _ in tensors]
 
@@ -487,8 +491,8 @@ class _FlatNetwork:
         for index in reversed(range(len(inputs))):
             x = inputs[index]
             weight_name, W, _, _ = self.layer_views[group][index]
-            self.grads[weight_name] = torch.bmm(grad.transpose(1, 2), x)
-            self.grads[weight_name[:-6] + "bias"] = grad.sum(1)
+            torch.bmm(grad.transpose(1, 2), x, out=self.grad_views[weight_name])
+            torch.sum(grad, 1, out=self.grad_views[weight_name[:-6] + "bias"])
             grad = torch.bmm(grad, W)
             if index:  # x is the previous layer's activation output
                 grad = self._act_backward(grad, x)
@@ -502,7 +506,7 @@ class _FlatNetwork:
 
     def representations_backward(self, grad_r: torch.Tensor) -> None:
         if self.representation == "embedding":
-            self.grads["embedding"] = grad_r
+            self.grad_views["embedding"].copy_(grad_r)
         else:
             self._mlp_backward("encoder", grad_r)
 
@@ -512,12 +516,8 @@ class _FlatNetwork:
     def decoder_backward(self, grad_output: torch.Tensor) -> torch.Tensor:
         return self._mlp_backward("decoder", grad_output)
 
-    def flat_grad(self) -> torch.Tensor:
-        G = self.theta.shape[0]
-        return torch.cat([self.grads[name].reshape(G, -1) for name in self.names], dim=1)
-
     def optimizer_step(self) -> None:
-        grad = self.flat_grad()
+        grad = self.grad
         for group in self.groups:
             group["step"] += 1
             self._adam_kernel([group["param"]], [grad[group["model"], group["part"]]], [group["exp_avg"]],
