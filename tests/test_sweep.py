@@ -69,7 +69,7 @@ def test_sweep_runs_every_point_once_then_resumes_only_missing_points(client, tm
 
 def test_killed_worker_point_is_retried_and_completed_exactly_once(client, tmp_path):
     root = tmp_path / "runs"
-    spec = {"grid": {"decoder_lr": [1e-4, 1e-3, 1e-2]}, "config": {"train_steps": 2500}, "seeds": [0]}
+    spec = {"grid": {"decoder_lr": [1e-4, 1e-3, 1e-2]}, "config": {"train_steps": 1500}, "seeds": [0]}
     pids = client.run(os.getpid)  # worker address -> pid
     killed = {}
 
@@ -194,7 +194,7 @@ def configs(spec):
 def test_block_training_gives_the_threshold_steps_of_single_runs():
     """float64: identical threshold steps and phases (float32 agrees in phase only, see the docstring)."""
     module, cfgs = configs({"grid": {"decoder_lr": [1e-3, 1e-2]}, "named_configs": ["paper"], "seeds": [2],
-                            "config": {"train_steps": 1000, "dtype": "float64"}})
+                            "config": {"train_steps": 800, "dtype": "float64"}})
     module.train_block(cfgs)
     together = [module._BLOCK_TRAINED.pop(module._fingerprint(c))["outcome"] for c in cfgs]
     for config, block in zip(cfgs, together):
@@ -202,8 +202,8 @@ def test_block_training_gives_the_threshold_steps_of_single_runs():
         alone = module._BLOCK_TRAINED.pop(module._fingerprint(config))["outcome"]
         assert (block.t_train, block.t_test, block.t_rqi) == (alone.t_train, alone.t_test, alone.t_rqi)
         assert block.t_train is not None  # a threshold was crossed: the comparison means something
-        assert classify_phase(block.t_train, block.t_test, 1000, 100) == classify_phase(alone.t_train, alone.t_test,
-                                                                                         1000, 100)
+        assert classify_phase(block.t_train, block.t_test, 800, 100) == classify_phase(alone.t_train, alone.t_test,
+                                                                                        800, 100)
 
 
 def test_stopped_models_leave_the_batch_without_changing_the_others():
@@ -238,11 +238,11 @@ LANDMARKS = {(1e-4, 0): "comprehension", (1e-3, 0): "memorization", (1e-2, 0): "
 
 @pytest.fixture(scope="module")
 def quick_sweeps(tmp_path_factory):
-    """The landmark cells of the MSE diagram (seed 2, budget 2500) and a tiny fraction scan, run
+    """The landmark cells of the MSE diagram (seed 2, budget 2100) and a tiny fraction scan, run
     in this process by the sweep's worker function (the cluster is tested above)."""
     root = tmp_path_factory.mktemp("quick") / "runs"
     store = sweep.FileStore(str(root))
-    phase = {"named_configs": ["paper"], "config": {"train_steps": 2500, "stop_when_decided": True, "seed": 2}}
+    phase = {"named_configs": ["paper"], "config": {"train_steps": 2100, "stop_when_decided": True, "seed": 2}}
     points = [point for (lr, decay) in LANDMARKS for point in sweep.expand(
         "grokking", {**phase, "grid": {"decoder_lr": [lr], "decoder_weight_decay": [decay]}})]
     assert all(row["status"] == "COMPLETED" for row in sweep.run_block(GROKKING, "landmarks", points, store))
@@ -263,7 +263,7 @@ def test_quick_diagram_reproduces_the_landmarks(quick_sweeps):
     infos = [json.loads((quick_sweeps / str(run) / "info.json").read_text()) for run in runs["run"]]
     assert [info["trained_in_block_of"] for info in infos] == [4] * 4  # trained together, recorded apart
     comprehension = runs[runs["phase"] == "comprehension"].iloc[0]
-    assert comprehension["stopped_early"] and comprehension["steps"] < 2500  # decided: stopped early, said why
+    assert comprehension["stopped_early"] and comprehension["steps"] < 2100  # decided: stopped early, said why
     assert "phase is decided" in comprehension["stop_reason"]
     assert not runs[runs["phase"] == "memorization"]["stopped_early"].any()  # undecided: ran to the budget
 
@@ -311,7 +311,7 @@ def test_command_line_lists_points_and_refuses_bad_values_in_one_line(capsys):
 
 def test_slurm_job_script_asks_for_partition_walltime_memory():
     cluster = sweep.slurm_cluster(partition="short", walltime="00:20:00", memory="3GB", cores=2,
-                                  scheduler_options={"dashboard_address": None})
+                                  scheduler_options={"dashboard_address": ":0"})
     try:
         script = cluster.job_script()
     finally:
