@@ -1,10 +1,14 @@
-"""Analysis of Toylab runs: loading through Incense into pandas, and figures."""
+"""Analysis of Toylab runs: loading through Incense into pandas, aggregation over seeds, figures."""
 import importlib
 
 from analysis.intervals import mean_ci, summarise
 from analysis.runs import load_runs, metrics_table, runs_table
+from analysis.sweeps import (aggregate, critical_fraction, critical_fraction_figure, curves_over_seeds,
+                             dof_probability, phase_cells, phase_diagram, phase_table, sweep_runs)
 
-__all__ = ["load_runs", "mean_ci", "metrics_table", "runs_table", "summarise", "two_stage", "list_ops"]
+__all__ = ["aggregate", "critical_fraction", "critical_fraction_figure", "curves_over_seeds", "dof_probability",
+           "load_runs", "mean_ci", "metrics_table", "phase_cells", "phase_diagram", "phase_table", "runs_table",
+           "summarise", "sweep_runs", "two_stage", "list_ops"]
 _TOPICS = ("two_stage", "list_ops")  # per-experiment aggregation, imported on first use (matplotlib, torch)
 
 
