@@ -351,7 +351,8 @@ def train_transformer(_run, train_steps, log_every, acc_threshold, phase_margin,
 
     device = transformer.select_device(device)
     outcome = transformer.train(model, task, transformer_settings(), log_every, on_log=log,
-                                acc_threshold=acc_threshold, device=device, seed=seed)
+                                acc_threshold=acc_threshold, device=device, seed=seed,
+                                progress=observers.on_terminal())
     result = {
         "t_train": outcome.t_train, "t_test": outcome.t_test,
         "phase": classify_phase(outcome.t_train, outcome.t_test, train_steps, phase_margin),
@@ -531,7 +532,8 @@ def main(_run, _config, train_steps, log_every, acc_threshold, rqi_threshold, pa
                               acc_threshold=acc_threshold, rqi_threshold=rqi_threshold,
                               rqi_tolerance=parallelogram_tolerance, chunk_steps=CHUNK_STEPS,
                               stop_when=phase_decided if stop_when_decided else None,
-                              resume=load_checkpoint(), on_checkpoint=on_checkpoint)
+                              resume=load_checkpoint(), on_checkpoint=on_checkpoint,
+                              progress=observers.on_terminal())
         except BaseException:  # interrupted (SIGINT, SIGTERM) or failed: keep where training got to
             if "state" in latest:
                 save_checkpoint(latest["state"])

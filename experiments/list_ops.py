@@ -16,7 +16,6 @@ one test example per operation with each head's attention entropy (focused vs di
     python experiments/list_ops.py with ci             # CI-sized: short lists, seconds
 """
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -187,7 +186,7 @@ def main(_run, epochs, lr, batch_size, seed, n_sample_predictions, focused_below
         for name, value in metrics.items():
             _run.log_scalar(name, value, epoch)
 
-    trained = list_ops.train(model, splits, epochs, lr, batch_size, seed, on_epoch=log, progress=sys.stderr.isatty())
+    trained = list_ops.train(model, splits, epochs, lr, batch_size, seed, on_epoch=log, progress=observers.on_terminal())
     model.load_state_dict(trained.best_state)  # everything below is the best checkpoint by val accuracy
     test = splits["test"]
     by_operation = list_ops.accuracy_by_operation(model, test)

@@ -21,7 +21,6 @@ agreement over epochs, sample efficiency, key numbers).
     python experiments/two_stage.py with anisotropic         # inputs with principal components
     python experiments/two_stage.py with full                # ResNet-18, 3x32x32, 50k samples: a GPU job
 """
-import sys
 import tempfile
 from pathlib import Path
 
@@ -189,7 +188,7 @@ def build_network(role, architecture, input_dim, hidden_sizes, n_classes, channe
 def train_network(model, inputs, labels, role, epochs, lr, batch_size, seed, on_epoch=None, stop_at_acc=None,
                   index=0):
     return two_stage.fit(model, inputs, labels, epochs, lr, batch_size, stream_seed(seed, role, index),
-                         stop_at_acc=stop_at_acc, on_epoch=on_epoch, progress=sys.stderr.isatty())
+                         stop_at_acc=stop_at_acc, on_epoch=on_epoch, progress=observers.on_terminal())
 
 
 @ex.automain

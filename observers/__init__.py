@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -47,6 +48,17 @@ class Terminated(SacredInterrupt, SacredError):
 
     def __init__(self):
         SacredError.__init__(self, "received SIGTERM: run recorded as INTERRUPTED", print_traceback=False)
+
+
+# Read once, when an experiment imports observers: during a run Sacred's output capture
+# points stderr at a pipe, so tqdm's own check would hide every progress bar.
+_STDERR_IS_TERMINAL = sys.stderr.isatty()
+
+
+def on_terminal() -> bool:
+    """Whether the experiment was started on a terminal (then progress bars are drawn;
+    the captured output keeps only their last state)."""
+    return _STDERR_IS_TERMINAL
 
 
 def runs_dir() -> Path:

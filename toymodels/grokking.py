@@ -216,7 +216,7 @@ def train(models, tasks, objectives, optimizers, train_steps: int, log_every: in
           on_log: Optional[Callable[[int, int, dict], None]] = None, acc_threshold: float = 0.9,
           rqi_threshold: float = 0.95, rqi_tolerance: float = PARALLELOGRAM_TOLERANCE,
           chunk_steps: int = 500, stop_when: Optional[Callable[[int, TrainOutcome], bool]] = None,
-          progress: bool = True, resume: Optional[dict] = None,
+          progress: Optional[bool] = None, resume: Optional[dict] = None,
           on_checkpoint: Optional[Callable[[dict], None]] = None) -> list[TrainOutcome]:
     """Full-batch training of one model or of G models of the same shape at once.
 
@@ -271,7 +271,7 @@ def train(models, tasks, objectives, optimizers, train_steps: int, log_every: in
     start_step = 0
     if resume is not None:
         start_step = _restore(resume, net, outcomes, active, chunk_steps)
-    bar = tqdm(total=train_steps, initial=start_step, desc="train", unit="step", disable=None if progress else True,
+    bar = tqdm(total=train_steps, initial=start_step, desc="train", unit="step", disable=None if progress is None else not progress,
                mininterval=0.5, dynamic_ncols=True)
     records: dict[str, list] = {"row_loss": [], "correct": [], "rep": []}
     record_loss, record_correct, record_rep = records["row_loss"], records["correct"], records["rep"]

@@ -159,7 +159,7 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
 def train(model: Transformer, task: ModularTask, settings: TrainSettings, log_every: int,
           on_log: Optional[Callable[[int, dict], None]] = None, acc_threshold: float = 0.9,
           device: str | torch.device = "auto", seed: int = 0, chunk_steps: int = 250,
-          progress: bool = True) -> TrainOutcome:
+          progress: Optional[bool] = None) -> TrainOutcome:
     """Train ``model`` on the task's training split; returns the threshold steps and finals.
 
     Metrics at step s (an evaluated step) come from the parameters before update s; the
@@ -189,7 +189,7 @@ def train(model: Transformer, task: ModularTask, settings: TrainSettings, log_ev
 
     outcome = TrainOutcome(steps=0)
     records: list[tuple[int, torch.Tensor]] = []  # (step, [train loss sum, train correct, test loss sum, test correct])
-    bar = tqdm(total=settings.train_steps, desc="train", unit="step", disable=None if progress else True,
+    bar = tqdm(total=settings.train_steps, desc="train", unit="step", disable=None if progress is None else not progress,
                mininterval=0.5, dynamic_ncols=True)
     totals = torch.tensor([n_train, n_train, n_test, n_test], dtype=torch.float64)
 
