@@ -266,13 +266,14 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_and_records_nothing(tmp_path
 
 # ------------------------------------------------------------------ behaviour
 def test_an_lstm_learns_in_context_repeats_far_above_chance_first_occurrences_at_chance(data_dir):
-    """CPU-sized: a small LSTM on the easy machines (3 states, 3 actions). After training,
-    predictions of pairs seen before are far above chance (1/3); pairs seen for the first
-    time cannot be known and stay near chance."""
+    """CPU-sized: a small LSTM on the easy machines (3 states, 3 actions), 250 steps. Pairs
+    seen before are predicted far above chance (1/3); pairs seen for the first time cannot
+    be known and stay near chance. (Seeds 0-2 measured: repeats 0.72-0.75, first 0.335-0.337.)"""
     from experiments.fsm_icl import ex
 
     run = ex.run(named_configs=["small_lstm_5s5a", "cpu"],
-                 config_updates={"dataset": "easy", "epochs": 8, "data_dir": data_dir, "seed": 0})
+                 config_updates={"dataset": "easy", "train_sequences": 1000, "epochs": 8, "val_sequences": 300,
+                                 "eval_sequences": 300, "data_dir": data_dir, "seed": 0})
     result = run.result
     chance = result["chance"]
     assert result["final_val_repeat_acc"] > chance + 0.25, result

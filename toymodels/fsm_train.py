@@ -40,9 +40,11 @@ class TrainSettings:
     seed: int
 
 
-def action_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """(B, T, outputs): the predictions at the action tokens (odd positions)."""
-    return model(tokens)[:, 1::2]
+def action_logits(model: nn.Module, tokens: torch.Tensor, n_states: int) -> torch.Tensor:
+    """(B, T, S): the predictions at the action tokens (odd positions), over the dataset's
+    S states (the head has one logit per state of the shared vocabulary; a dataset with
+    fewer states uses the first S, so chance is 1/S from the start)."""
+    return model(tokens)[:, 1::2, :n_states]
 
 
 @torch.no_grad()
@@ -60,7 +62,7 @@ def evaluate(model: nn.Module, split: Split, batch_size: int, max_repeats: int, 
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
         tokens, targets = split.tokens[start:stop].to(device), split.targets[start:stop].to(device)
-        logits = action_logits(model, tokens).float()
+        logits = action_logits(model, tokens, split.n_states).float()
         loss_sum += F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").cpu().double()
         correct = (logits.argmax(-1) == targets).cpu()
         bucket = split.counts[start:stop].clamp(max=max_repeats).flatten()
@@ -95,7 +97,7 @@ def train(model: nn.Module, train_split: Split, val_split: Split, settings: Trai
         for start in range(0, len(order), settings.batch_size):
             batch = order[start:start + settings.batch_size]
             tokens, targets = train_split.tokens[batch].to(device), train_split.targets[batch].to(device)
-            loss = F.cross_entropy(action_logits(model, tokens).flatten(0, 1), targets.flatten())
+            loss = F.cross_entropy(action_logits(model, tokens, train_split.n_states).flatten(0, 1), targets.flatten())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip:
