@@ -121,20 +121,17 @@ def test_the_in_context_curve_of_an_exact_in_context_learner():
 
 
 # ------------------------------------------------------------------ models
-@pytest.mark.parametrize("preset, low, high", [
-    ("lstm", 0.9e6, 1.2e6), ("small_lstm", 60e3, 75e3), ("vanilla_rnn", 240e3, 300e3),
-    ("small_vanilla", 14e3, 22e3), ("deep_rnn", 0.9e6, 1.2e6), ("transformer", 80e3, 140e3),
+@pytest.mark.parametrize("named, low, high", [
+    ("lstm_5s5a", 0.9e6, 1.2e6), ("small_lstm_5s5a", 60e3, 75e3), ("vanilla_rnn_5s5a", 240e3, 300e3),
+    ("small_vanilla_5s5a", 14e3, 22e3), ("deep_rnn_5s5a", 0.9e6, 1.2e6), ("transformer_5s5a", 80e3, 140e3),
 ])
-def test_parameter_counts_of_the_named_models(preset, low, high):
-    from experiments.fsm_icl import ex
+def test_parameter_counts_of_the_named_models(named, low, high):
+    from experiments.fsm_icl import ex, make_model
 
-    config = ex.run("print_config", named_configs=[f"{preset}_5s5a" if preset != "small_vanilla"
-                                                   else "small_vanilla_5s5a"]).config
-    count = sequence_models.n_parameters(sequence_models.build_model(
-        config["model"], 16, 8, config["d_model"], config["num_layers"], 2 * config["n_transitions"]))
+    count = sequence_models.n_parameters(make_model(ex.run("print_config", named_configs=[named]).config))
     assert low <= count <= high
-    if preset == "deep_rnn":  # parameter-matched to the large LSTM
-        lstm = sequence_models.n_parameters(sequence_models.build_model("lstm", 16, 8, 256, 2, 128))
+    if named == "deep_rnn_5s5a":  # parameter-matched to the large LSTM
+        lstm = sequence_models.n_parameters(make_model(ex.run("print_config", named_configs=["lstm_5s5a"]).config))
         assert abs(count - lstm) / lstm < 0.02
 
 
