@@ -44,7 +44,7 @@ def test_hypotheses_verdicts_follow_the_intervals():
     verdicts = dict(zip(table["hypothesis"] + ": " + table.index, table["verdict"]))
     fairness = table.loc[table["hypothesis"] == "1 parameter fairness"].iloc[0]
     assert fairness["verdict"] == "supported" and fairness["difference"] == pytest.approx(0.61)
-    assert "lstm 5s5a: 0.910 ± 0.025 (n=3)" == fairness["A"]
+    assert "lstm 5s5a (10 epochs): 0.910 ± 0.025 (n=3)" == fairness["A"]
     architecture = table[table.index.str.startswith("gating")].iloc[0]
     assert architecture["verdict"] == "inconclusive"  # 0.6 vs 0.6 with wide intervals
     attention = table[table.index.str.startswith("attention")].iloc[0]
@@ -54,6 +54,7 @@ def test_hypotheses_verdicts_follow_the_intervals():
 
 def test_aggregate_and_curves_keep_curriculum_stages_apart():
     runs = synthetic_runs({"small_lstm 5s5a": [0.5, 0.6], "small_lstm 5s5a after easy": [0.7, 0.8]})
+    longer = synthetic_runs({"small_lstm 5s5a": [0.55]}).assign(epochs=20, run=99)  # the control's budget
     aggregated = fsm.aggregate(runs, metrics=["final_val_acc"]).set_index("configuration")
     assert aggregated.loc["small_lstm 5s5a after easy", "final_val_acc_mean"] == pytest.approx(0.75)
     assert aggregated.loc["small_lstm 5s5a", "runs"] == [1, 2]
@@ -62,6 +63,12 @@ def test_aggregate_and_curves_keep_curriculum_stages_apart():
     assert after["mean"].tolist() == pytest.approx([0.2, 0.75, 0.80])
     curriculum = fsm.hypotheses(runs).iloc[-1]
     assert curriculum["hypothesis"] == "5 curriculum" and curriculum["difference"] == pytest.approx(0.2)
+    # with a longer from-scratch control stored, the curriculum is compared with it, and the
+    # other hypotheses stay at the plan's budget (10 epochs)
+    table = fsm.hypotheses(pd.concat([runs, longer], ignore_index=True))
+    assert table.iloc[-1]["B"] == "small_lstm 5s5a (20 epochs): 0.550 (n=1)"
+    assert table.iloc[-1]["difference"] == pytest.approx(0.2)
+    assert table.iloc[2]["B"].startswith("small_lstm 5s5a (10 epochs)")
 
 
 def test_the_notebook_answers_from_runs_in_a_temporary_directory(tmp_path, monkeypatch):
@@ -83,7 +90,7 @@ def test_the_notebook_answers_from_runs_in_a_temporary_directory(tmp_path, monke
     text = "\n".join(str(output.get("text", "")) + str(output.get("data", {}).get("text/plain", ""))
                      for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs)
     assert "4 completed training runs" in text
-    assert "small_lstm 5s5a: " in text and "(n=2)" in text  # the hypothesis row with its interval
+    assert "small_lstm 5s5a (1 epochs): " in text and "(n=2)" in text  # the hypothesis row with its interval
     assert "parameter fairness" in text and "no runs" in text  # the rows without runs say so
     assert not any(output.get("output_type") == "error" for cell in notebook.cells if cell.cell_type == "code"
                    for output in cell.outputs)
