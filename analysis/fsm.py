@@ -68,6 +68,7 @@ T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 # What a configuration is (everything but the seed); the label names the plan's model when it is one.
 CONFIG_KEYS = ["model", "d_model", "num_layers", "dataset", "n_transitions", "train_sequences", "epochs",
                "init_from_dataset"]
+BUDGET = ["n_transitions", "train_sequences", "epochs"]  # what a run spends: walk length, walks, epochs
 SUMMARY = ["final_val_acc", "final_val_first_acc", "final_val_repeat_acc", "final_val_nontrivial_acc",
            "best_val_acc", "ceiling", "chance", "n_parameters"]
 
@@ -154,17 +155,27 @@ def aggregate(source_or_table, metrics: list | None = None, **filters) -> pd.Dat
 
 
 def icl_curves(source_or_table, **filters) -> pd.DataFrame:
-    """The final in-context curve per configuration: accuracy by earlier occurrences of
-    the (state, action) pair (the last bucket: that many or more), mean / std / 95% CI
-    over seeds. Long frame: configuration, repeats, mean, std, n, ci95."""
+    """The final in-context curve per configuration and budget: accuracy by earlier
+    occurrences of the (state, action) pair (the last bucket: that many or more), mean /
+    std / 95% CI over seeds. Long frame: label, configuration, n_transitions,
+    train_sequences, epochs, repeats, mean, std, n, ci95; the label is the configuration,
+    with its budget when the same configuration was run at several."""
     table = source_or_table if isinstance(source_or_table, pd.DataFrame) else load(source_or_table, **filters)
+    columns = ["label", "configuration", *BUDGET, "repeats", "mean", "std", "n", "ci95"]
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    budgets = table.groupby("configuration")[BUDGET].apply(lambda g: len(g.drop_duplicates()))
     rows = []
-    for configuration, group in table.groupby("configuration", sort=True):
+    for keys, group in table.groupby(["configuration", *BUDGET], sort=True):
+        configuration, budget = keys[0], dict(zip(BUDGET, keys[1:]))
+        label = configuration if budgets[configuration] == 1 else (
+            f"{configuration} [T={budget['n_transitions']}, N={budget['train_sequences']}, {budget['epochs']} epochs]")
         curves = [curve for curve in group["final_val_icl_acc"] if isinstance(curve, (list, tuple))]
         for repeats in range(max((len(c) for c in curves), default=0)):
             values = [c[repeats] for c in curves if len(c) > repeats]
-            rows.append({"configuration": configuration, "repeats": repeats, **mean_interval(values)})
-    return pd.DataFrame(rows, columns=["configuration", "repeats", "mean", "std", "n", "ci95"])
+            rows.append({"label": label, "configuration": configuration, **budget, "repeats": repeats,
+                         **mean_interval(values)})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def format_interval(row, metric: str, digits: int = 3) -> str:
@@ -178,9 +189,6 @@ def format_interval(row, metric: str, digits: int = 3) -> str:
 
 
 # ------------------------------------------------------------------ the plan's five hypotheses
-BUDGET = ["n_transitions", "train_sequences", "epochs"]
-
-
 def plan_budget(table: pd.DataFrame) -> dict:
     """The most common (n_transitions, train_sequences, epochs) among runs that started
     afresh: the budget the hypotheses compare models at (so CPU-sized and full-size runs,

@@ -59,13 +59,17 @@ def test_aggregate_and_curves_keep_curriculum_stages_apart():
     assert aggregated.loc["small_lstm 5s5a after easy", "final_val_acc_mean"] == pytest.approx(0.75)
     assert aggregated.loc["small_lstm 5s5a", "runs"] == [1, 2]
     curves = fsm.icl_curves(runs)
-    after = curves[(curves["configuration"] == "small_lstm 5s5a after easy")]
+    after = curves[curves["configuration"] == "small_lstm 5s5a after easy"]
     assert after["mean"].tolist() == pytest.approx([0.2, 0.75, 0.80])
     curriculum = fsm.hypotheses(runs).iloc[-1]
     assert curriculum["hypothesis"] == "5 curriculum" and curriculum["difference"] == pytest.approx(0.2)
     # with a longer from-scratch control stored, the curriculum is compared with it, and the
     # other hypotheses stay at the plan's budget (10 epochs)
-    table = fsm.hypotheses(pd.concat([runs, longer], ignore_index=True))
+    both = pd.concat([runs, longer], ignore_index=True)
+    labels = set(fsm.icl_curves(both)["label"])  # the two budgets' curves are not pooled
+    assert labels == {"small_lstm 5s5a after easy", "small_lstm 5s5a [T=32, N=100, 10 epochs]",
+                      "small_lstm 5s5a [T=32, N=100, 20 epochs]"}
+    table = fsm.hypotheses(both)
     assert table.iloc[-1]["B"] == "small_lstm 5s5a (20 epochs): 0.550 (n=1)"
     assert table.iloc[-1]["difference"] == pytest.approx(0.2)
     assert table.iloc[2]["B"].startswith("small_lstm 5s5a (10 epochs)")
