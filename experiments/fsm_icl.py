@@ -245,6 +245,8 @@ def validate(config, command_name, logger):
         raise config_error("device", "cuda", "no CUDA device here; use auto or cpu")
     if config["kind"] == "probe" and config["init_from"] is None:
         raise config_error("kind", "probe", "a probe run needs init_from=RUN_ID, the trained run to probe")
+    if config["kind"] == "probe" and config["probe_epochs"] < 1:
+        raise config_error("probe_epochs", config["probe_epochs"], "a probe run trains its probes for >= 1 epoch")
     if config["init_from"] is not None:
         checkpoint_state(config)  # raises ConfigError when the run or its checkpoint does not fit
     return {}

@@ -235,6 +235,7 @@ def test_curriculum_reads_the_checkpoint_from_mongodb(monkeypatch, tmp_path, dat
     ({"n_states": 1}, "n_states", ">= 2"),
     ({"n_actions": 1}, "n_actions", ">= 2"),
     ({"kind": "probe"}, "kind", "needs init_from"),
+    ({"kind": "probe", "init_from": 1, "probe_epochs": 0}, "probe_epochs", ">= 1 epoch"),
 ])
 def test_bad_input_is_refused_before_a_run(update, key, says, data_dir):
     from experiments.fsm_icl import ex
