@@ -30,6 +30,7 @@ test: venv test-deps
 bench: venv
 	$(PY) benchmarks/grokking_speed.py
 	$(PY) benchmarks/transformer_speed.py
+	$(PY) benchmarks/sweep_throughput.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

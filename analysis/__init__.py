@@ -1,5 +1,18 @@
-"""Analysis of Toylab runs: loading through Incense into pandas, and figures."""
-from analysis.runs import load_runs, metrics_table, runs_table
-from analysis import fsm  # noqa: E402 - builds on runs_table
+"""Analysis of Toylab runs: loading through Incense into pandas, aggregation over seeds, figures."""
+import importlib
 
-__all__ = ["fsm", "load_runs", "metrics_table", "runs_table"]
+from analysis.intervals import mean_ci, summarise
+from analysis.runs import load_runs, metrics_table, runs_table
+from analysis.sweeps import (aggregate, critical_fraction, critical_fraction_figure, curves_over_seeds,
+                             dof_probability, phase_cells, phase_diagram, phase_table, sweep_runs)
+
+__all__ = ["aggregate", "critical_fraction", "critical_fraction_figure", "curves_over_seeds", "dof_probability",
+           "load_runs", "mean_ci", "metrics_table", "phase_cells", "phase_diagram", "phase_table", "runs_table",
+           "summarise", "sweep_runs", "two_stage", "list_ops", "fsm"]
+_TOPICS = ("two_stage", "list_ops", "fsm")  # per-experiment aggregation, imported on first use (matplotlib, torch)
+
+
+def __getattr__(name):
+    if name in _TOPICS:
+        return importlib.import_module(f"analysis.{name}")
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")

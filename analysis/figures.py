@@ -49,6 +49,30 @@ def representation(embedding: np.ndarray, title: str = ""):
     return fig
 
 
+def mean_curves(summary, by=None, x: str = "epoch", ax=None, label_prefix: str = "", chance=None,
+                ylabel: str = "", log_x: bool = False):
+    """Mean curves with shaded 95% intervals (columns mean, low, high of an
+    ``analysis.intervals.summarise`` frame against ``x``), one line per group of ``by``."""
+    by = list(by or [])
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for key, group in (summary.groupby(by, sort=True) if by else [((), summary)]):
+        key = key if isinstance(key, tuple) else (key,)
+        label = label_prefix + ", ".join(f"{k}={v}" for k, v in zip(by, key)) or None
+        group = group.sort_values(x)
+        line, = ax.plot(group[x], group["mean"], marker="o" if log_x else None, ms=3, label=label)
+        ax.fill_between(group[x], group["low"], group["high"], color=line.get_color(), alpha=0.2, lw=0)
+    if chance is not None:
+        ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    return ax
+
+
 def save(fig, path) -> str:
     fig.savefig(path)
     plt.close(fig)

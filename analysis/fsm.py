@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.figures import plt  # matplotlib with the file-only backend
+from analysis.intervals import mean_ci, t_quantile_975
 from analysis.runs import runs_table
 
 EXPERIMENT = "fsm_icl"
@@ -60,11 +61,6 @@ def icl_curve_figure(series: dict, chance: float, title: str = ""):
 
 
 # ------------------------------------------------------------------ aggregation over seeds
-# Two-sided 95% quantiles of Student's t by degrees of freedom (no scipy in the stack);
-# beyond 30 the normal 1.96 is within 4%.
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
-         20: 2.086, 25: 2.060, 30: 2.042}
 # What a configuration is (everything but the seed); the label names the plan's model when it is one.
 CONFIG_KEYS = ["model", "d_model", "num_layers", "dataset", "n_transitions", "train_sequences", "epochs",
                "init_from_dataset"]
@@ -78,22 +74,12 @@ def probe_columns(table: pd.DataFrame) -> list:
     return sorted(c for c in table.columns if re.fullmatch(r"probe_\w+_layer\d+", str(c)))
 
 
-def t_quantile(dof: int) -> float:
-    """The 97.5% quantile of Student's t with ``dof`` degrees of freedom (NaN for 0)."""
-    if dof < 1:
-        return float("nan")
-    known = [d for d in T_975 if d <= dof]
-    return T_975[max(known)] if dof <= 30 else 1.96
-
-
 def mean_interval(values) -> dict:
-    """mean, std (n - 1), n and the half-width of the 95% t interval of the mean."""
-    values = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    n = len(values)
-    if not n:
-        return {"mean": float("nan"), "std": float("nan"), "n": 0, "ci95": float("nan")}
-    std = float(values.std(ddof=1)) if n > 1 else float("nan")
-    return {"mean": float(values.mean()), "std": std, "n": n, "ci95": t_quantile(n - 1) * std / np.sqrt(n)}
+    """mean, std (n - 1), n and the half-width of the 95% t interval of the mean
+    (analysis.intervals.mean_ci) over the finite values (None and NaN are missing, not 0)."""
+    finite = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    mean, half, n = mean_ci(finite)
+    return {"mean": mean, "std": float(finite.std(ddof=1)) if n > 1 else float("nan"), "n": n, "ci95": half}
 
 
 def model_name(model: str, d_model: int, num_layers: int) -> str:
@@ -223,7 +209,7 @@ def _difference(a, b, metric: str) -> dict:
     if na < 2 or nb < 2:
         return {"difference": difference, "ci95": float("nan"), "verdict": "one seed: no interval"}
     se = np.sqrt(sa ** 2 / na + (sb ** 2 / nb if np.isfinite(nb) else 0.0))
-    half = t_quantile(int(min(na, nb)) - 1) * se
+    half = t_quantile_975(int(min(na, nb)) - 1) * se
     verdict = "supported" if difference - half > 0 else "contradicted" if difference + half < 0 else "inconclusive"
     return {"difference": difference, "ci95": half, "verdict": verdict}
 

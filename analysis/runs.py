@@ -5,7 +5,7 @@
     metrics_table("runs", metric="test.acc")
 
 ``runs_table``: one row per run: ``run``, ``experiment``, ``status``, ``start_time``,
-``stop_time``, every config key as a column (nested keys dotted) and the run's result
+``stop_time``, ``sweep`` (the sweep that ran it, or None), every config key as a column (nested keys dotted) and the run's result
 values (``t_train``, ``t_test``, ``t_rqi``, ``phase``, final accuracies, ...).
 ``metrics_table``: the long frame ``run``, ``metric``, ``step``, ``value``; in MongoDB a
 metric longer than one document (see observers/mongo.py) is joined from its chunks.
@@ -28,7 +28,7 @@ from typing import Iterable, Optional
 
 import pandas as pd
 
-RUN_COLUMNS = ["run", "experiment", "status", "recorded_status", "start_time", "stop_time", "heartbeat"]
+RUN_COLUMNS = ["run", "experiment", "status", "recorded_status", "start_time", "stop_time", "heartbeat", "sweep"]
 DEAD_AFTER = 120.0  # seconds without a heartbeat after which a RUNNING run counts as DEAD
 
 
@@ -166,7 +166,8 @@ def runs_table(source, experiment: Optional[str] = None, db_name: Optional[str] 
         row = {"run": run.id, "experiment": run.experiment["name"], "status": run.status,
                "recorded_status": run.status,
                "start_time": run.get("start_time"), "stop_time": run.get("stop_time"),
-               "heartbeat": run.get("heartbeat")}
+               "heartbeat": run.get("heartbeat"),
+               "sweep": (run.get("meta") or {}).get("sweep")}  # experiments/sweep.py tags its runs
         row.update(_flat_config(run))
         result = _thaw(run.get("result"))
         if isinstance(result, dict):

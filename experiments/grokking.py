@@ -13,6 +13,11 @@ diagrams (Figure 6): threshold steps t_train, t_test, t_rqi and the phase.
     python experiments/grokking.py with sacred_script           # the repository's script model
     python experiments/grokking.py with resume_from=7           # continue interrupted run 7 (same config)
 
+The phase diagrams and the training-fraction scan are named sweeps (SWEEPS below), one run per point:
+
+    python -m experiments.sweep experiments/grokking.py --sweep phase_mse_quick
+    python -m experiments.sweep experiments/grokking.py --sweep phase_mse        # Figure 6, 176 runs
+
 With ``model="transformer"`` the same question is asked of the transformers of Power et
 al. (2022, arXiv 2201.02177) and Nanda et al. (2023, arXiv 2301.05217) on modular
 arithmetic (same metrics, threshold steps and phases; RQI is specific to the toy model):
@@ -22,6 +27,7 @@ arithmetic (same metrics, threshold steps and phases; RQI is specific to the toy
     python experiments/grokking.py with nanda                   # addition mod 113: a GPU run
 """
 import io
+import json
 import tempfile
 from pathlib import Path
 
@@ -74,6 +80,7 @@ def config():
     rqi_threshold = 0.95  # t_rqi: first step with RQI > this
     parallelogram_tolerance = 0.01  # a parallelogram is present when its mean squared closing error is below this
     phase_margin = 1000  # Delta: t_test - t_train below it is comprehension, above it grokking
+    stop_when_decided = False  # stop once t_train and t_test are both reached (the phase is decided); phase sweeps
     log_every = max(1, train_steps // 1000)  # metric cadence; threshold steps are logged as well
     torch_threads = 1  # the toy model is too small to gain from more threads
     seed = 0  # seeds the split, the targets and the initialisation
@@ -201,6 +208,9 @@ def validate(config, command_name, logger):
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise observers.ConfigError(f"{key}={value!r} is not allowed: {key} must be an integer >= {minimum}")
+    if not isinstance(config["stop_when_decided"], bool):
+        raise observers.ConfigError(f"stop_when_decided={config['stop_when_decided']!r} is not allowed: use true or "
+                                    "false")
     if config["checkpoint_every"] % CHUNK_STEPS:
         raise observers.ConfigError(f"checkpoint_every={config['checkpoint_every']!r} is not allowed: it must be a "
                                     f"multiple of {CHUNK_STEPS} (checkpoints are taken between chunks of steps)")
@@ -366,15 +376,119 @@ def train_transformer(_run, train_steps, log_every, acc_threshold, phase_margin,
     return result
 
 
+# ------------------------------------------------------------------ sweeps
+# Named sweeps for experiments/sweep.py (python -m experiments.sweep experiments/grokking.py
+# --sweep NAME). The *_quick variants are CI-sized. Phase sweeps stop a run once both
+# thresholds are reached (stop_when_decided); a run that cannot decide early runs to its budget.
+PAPER_DECODER_LRS = [float(f"{10 ** (-5 + 3 * k / 15):.4g}") for k in range(16)]  # 10^linspace(-5, -2, 16)
+PAPER_REPRESENTATION_LRS = [float(f"{10 ** (-5 + 3 * k / 12):.4g}") for k in range(13)]  # 10^linspace(-5, -2, 13)
+# The single-seed diagrams use seed 2, whose split of the paper's 45 pairs has dof = 2 and
+# every test sum among the training sums. Seed 0's split leaves 2 of its 10 test sums out of
+# training: its test accuracy can never reach 0.9, so every cell would be memorization or confusion.
+PHASE_SEED = 2
+SWEEPS = {
+    "phase_mse": {  # Figure 6 (MSE): 16 x 11 points of up to 1e5 steps
+        "grid": {"decoder_lr": PAPER_DECODER_LRS, "decoder_weight_decay": list(range(11))},
+        "named_configs": ["paper"],
+        "config": {"train_steps": 100000, "phase_margin": 1000, "stop_when_decided": True, "seed": PHASE_SEED},
+    },
+    "phase_mse_quick": {  # the landmarks of Figure 6 at a tenth of the budget, three seeds
+        "grid": {"decoder_lr": [1e-5, 1e-4, 1e-3, 1e-2], "decoder_weight_decay": [0, 10]},
+        "named_configs": ["paper"],
+        "config": {"train_steps": 10000, "phase_margin": 1000, "stop_when_decided": True},
+        "seeds": [2, 3, 4],
+    },
+    "phase_representation": {  # Figure 6 (representation lr x decoder lr): 13 x 13 points
+        "grid": {"encoder_lr": PAPER_REPRESENTATION_LRS, "decoder_lr": PAPER_REPRESENTATION_LRS},
+        "named_configs": ["paper"],
+        "config": {"train_steps": 100000, "phase_margin": 1000, "stop_when_decided": True, "seed": PHASE_SEED},
+    },
+    "phase_representation_quick": {
+        "grid": {"encoder_lr": [1e-5, 1e-3, 1e-2], "decoder_lr": [1e-5, 1e-4, 1e-2]},
+        "named_configs": ["paper"],
+        "config": {"train_steps": 10000, "phase_margin": 1000, "stop_when_decided": True, "seed": PHASE_SEED},
+    },
+    "fraction_scan": {  # the critical training fraction (Figure 5): accuracy and RQI against the fraction
+        "grid": {"train_fraction": [round(0.1 * k, 2) for k in range(1, 10)]},
+        "named_configs": ["paper"],
+        "config": {"train_steps": 10000},
+        "seeds": 10,
+    },
+    "fraction_scan_quick": {  # at 2000 steps most runs have not generalised yet, whatever the fraction
+        "grid": {"train_fraction": [0.2, 0.4, 0.6, 0.8]},
+        "named_configs": ["paper"],
+        "config": {"train_steps": 5000},
+        "seeds": 3,
+    },
+}
+
+# Keys a block of models trained together may differ in (each model has its own split,
+# initialisation, learning rates and weight decays); every other key must be equal.
+PER_MODEL_KEYS = {"seed", "train_fraction", "init_scale", "encoder_lr", "decoder_lr", "encoder_weight_decay",
+                  "decoder_weight_decay", "phase_margin", "checkpoint_every"}
+_BLOCK_TRAINED: dict = {}  # config fingerprint -> the training train_block did for it
+
+
+def block_signature(config) -> str | None:
+    """Configs with the same signature can be trained together by ``train_block``; None: train alone."""
+    if config["model"] != "toy" or config["resume_from"] is not None:
+        return None
+    return json.dumps({k: v for k, v in config.items() if k not in PER_MODEL_KEYS}, sort_keys=True)
+
+
+def _fingerprint(config) -> str:
+    return json.dumps(dict(config), sort_keys=True)
+
+
+def _with_config(builder, config, *args):
+    """A captured builder called with its arguments from ``config`` (a block builds many
+    configs in one process, outside any run)."""
+    names = builder.signature.arguments[len(args):]
+    return builder(*args, **{name: config[name] for name in names if name in config})
+
+
+def build_toy(config):
+    """Task, objective, model and optimiser settings of one toy-model config."""
+    task = _with_config(build_task, config)
+    objective = _with_config(build_objective, config, task)
+    model = _with_config(build_model, config, objective.output_dim)
+    return task, objective, model, _with_config(optimizer_settings, config)
+
+
+def phase_decided(_, outcome) -> bool:
+    """stop_when for phase sweeps: once t_train and t_test are known the phase is too."""
+    return outcome.t_train is not None and outcome.t_test is not None
+
+
+STOP_REASON = "t_train and t_test reached: the phase is decided (stop_when_decided)"
+
+
+def train_block(configs) -> None:
+    """Train the toy models of several configs (equal ``block_signature``) together, one
+    batched forward and backward per step; the next run of main with one of these configs
+    records its share (metrics, threshold steps, model) instead of training again."""
+    first = configs[0]
+    torch.set_num_threads(first["torch_threads"])
+    built = [build_toy(config) for config in configs]
+    logs = [[] for _ in configs]
+    tasks, objectives, models, settings = (list(parts) for parts in zip(*built))
+    outcomes = train(models, tasks, objectives, settings, first["train_steps"], first["log_every"],
+                     on_log=lambda k, step, metrics: logs[k].append((step, metrics)),
+                     acc_threshold=first["acc_threshold"], rqi_threshold=first["rqi_threshold"],
+                     rqi_tolerance=first["parallelogram_tolerance"], chunk_steps=CHUNK_STEPS,
+                     stop_when=phase_decided if first["stop_when_decided"] else None, progress=False)
+    for config, model, outcome, log in zip(configs, models, outcomes, logs):
+        _BLOCK_TRAINED[_fingerprint(config)] = {"model": model, "outcome": outcome, "log": log,
+                                                "block_size": len(configs)}
+
+
 @ex.automain
 def main(_run, _config, train_steps, log_every, acc_threshold, rqi_threshold, parallelogram_tolerance, phase_margin,
-         torch_threads, checkpoint_every):
+         stop_when_decided, torch_threads, checkpoint_every):
     torch.set_num_threads(torch_threads)
     if _config["model"] == "transformer":
         return train_transformer(_run)
-    task = build_task()
-    objective = build_objective(task)
-    model = build_model(objective.output_dim)
+    task, objective, model, settings = build_toy(_config)
     # A test pair whose sum never occurs in training cannot be predicted: its target is
     # never seen. This bounds test accuracy whatever the representation (the paper's
     # "ideal accuracy" when the training set fixes the structure, dof = 2).
@@ -405,21 +519,30 @@ def main(_run, _config, train_steps, log_every, acc_threshold, rqi_threshold, pa
         if checkpoint_every and state["next_step"] % checkpoint_every == 0 and state["next_step"] < train_steps:
             save_checkpoint(state)
 
-    try:
-        [outcome] = train(model, task, objective, optimizer_settings(), train_steps, log_every, on_log=log,
-                          acc_threshold=acc_threshold, rqi_threshold=rqi_threshold,
-                          rqi_tolerance=parallelogram_tolerance, chunk_steps=CHUNK_STEPS,
-                          resume=load_checkpoint(), on_checkpoint=on_checkpoint)
-    except BaseException:  # interrupted (SIGINT, SIGTERM) or failed: keep where training got to
-        if "state" in latest:
-            save_checkpoint(latest["state"])
-        raise
+    trained = _BLOCK_TRAINED.pop(_fingerprint(_config), None)
+    if trained is not None:  # trained by train_block with other points of a sweep: record this one's share
+        model, outcome = trained["model"], trained["outcome"]
+        for step, metrics in trained["log"]:
+            log(0, step, metrics)
+        _run.info["trained_in_block_of"] = trained["block_size"]
+    else:
+        try:
+            [outcome] = train(model, task, objective, settings, train_steps, log_every, on_log=log,
+                              acc_threshold=acc_threshold, rqi_threshold=rqi_threshold,
+                              rqi_tolerance=parallelogram_tolerance, chunk_steps=CHUNK_STEPS,
+                              stop_when=phase_decided if stop_when_decided else None,
+                              resume=load_checkpoint(), on_checkpoint=on_checkpoint)
+        except BaseException:  # interrupted (SIGINT, SIGTERM) or failed: keep where training got to
+            if "state" in latest:
+                save_checkpoint(latest["state"])
+            raise
 
     result = {
         "t_train": outcome.t_train, "t_test": outcome.t_test, "t_rqi": outcome.t_rqi,
         "phase": classify_phase(outcome.t_train, outcome.t_test, train_steps, phase_margin),
         "final_train_acc": outcome.final["train.acc"], "final_test_acc": outcome.final["test.acc"],
-        "final_rqi": outcome.final["rqi"], "steps": outcome.steps, **split,
+        "final_rqi": outcome.final["rqi"], "steps": outcome.steps, "stopped_early": outcome.stopped_early,
+        "stop_reason": STOP_REASON if outcome.stopped_early else None, **split,
     }
     _run.info.update(result)
 

@@ -54,6 +54,11 @@ def runs_dir() -> Path:
     return Path(os.environ.get("TOYLAB_RUNS_DIR") or "runs")
 
 
+def fallback_dir() -> Path:
+    """Where runs go when MongoDB is unreachable: ``TOYLAB_FALLBACK_DIR`` or ``<runs dir>/fallback``."""
+    return Path(os.environ.get("TOYLAB_FALLBACK_DIR") or runs_dir() / "fallback")
+
+
 def mongo_settings() -> tuple[str, str] | None:
     """(url, database) from the environment, or None when MongoDB is not configured."""
     url = os.environ.get("TOYLAB_MONGO_URL")
@@ -96,6 +101,10 @@ def attach(ex: Experiment) -> Experiment:
         def handler(signum, frame):
             if _run.status == "RUNNING":
                 raise Terminated()
+            if any(getattr(observer, "waiting_to_end", False) for observer in _run.observers):
+                # the run is over but MongoDB is down: stop waiting for it, so the observer
+                # writes the complete run to its fallback directory before the process exits
+                raise KeyboardInterrupt()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
 

@@ -46,16 +46,10 @@ from sacred.observers.base import RunObserver
 from sacred.observers.file_storage import FileStorageObserver
 from sacred.serializer import flatten
 
+import observers
+
 DEFAULT_TIMEOUT_MS = 2000
 DEFAULT_END_TIMEOUT = 10.0
-
-
-def fallback_dir() -> Path:
-    """Where runs go when MongoDB is unreachable: ``TOYLAB_FALLBACK_DIR`` or ``<runs dir>/fallback``."""
-    configured = os.environ.get("TOYLAB_FALLBACK_DIR")
-    if configured:
-        return Path(configured)
-    return Path(os.environ.get("TOYLAB_RUNS_DIR") or "runs") / "fallback"
 
 
 def redact(text: str, url: Optional[str]) -> str:
@@ -105,11 +99,12 @@ class ResilientMongoObserver(RunObserver):
         self.timeout_ms = int(timeout_ms or os.environ.get("TOYLAB_MONGO_TIMEOUT_MS") or DEFAULT_TIMEOUT_MS)
         self.end_timeout = float(end_timeout if end_timeout is not None
                                  else os.environ.get("TOYLAB_MONGO_END_TIMEOUT") or DEFAULT_END_TIMEOUT)
-        self.fallback_root = Path(fallback) if fallback is not None else fallback_dir()
+        self.fallback_root = Path(fallback) if fallback is not None else observers.fallback_dir()
         self._client = client
         self.run_id = None  # the run's id in MongoDB (None when it never got one)
         self.fallback_run_dir: Optional[Path] = None  # set when the run went to file storage
         self.last_error: Optional[str] = None
+        self.waiting_to_end = False  # True during the bounded wait for MongoDB at the end of the run
         self._file: Optional[FileStorageObserver] = None  # the fallback, once in use
         self._state_lock = threading.Lock()  # guards the queues (held briefly)
         self._flush_lock = threading.Lock()  # one flush at a time (held during network calls)
@@ -273,14 +268,21 @@ class ResilientMongoObserver(RunObserver):
         with self._state_lock:
             self._final = final
             self._queue.append(("set", fields))
-        deadline = time.monotonic() + self.end_timeout
+        started = time.monotonic()
+        deadline = started + self.end_timeout
+        self.waiting_to_end = True  # observers.attach's SIGTERM handler interrupts this wait
         try:
-            while not self._flush() and time.monotonic() < deadline:
-                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-        except KeyboardInterrupt:  # a second Ctrl-C while waiting: stop waiting, keep the run
+            if not self._flush():
+                self._warn(f"MongoDB not reachable at the end of the run; waiting up to {self.end_timeout:g} s "
+                           "(Ctrl-C or SIGTERM stops waiting and keeps the run in fallback file storage)")
+                while not self._flush() and time.monotonic() < deadline:
+                    time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) while waiting: stop waiting, keep the run
             pass
+        finally:
+            self.waiting_to_end = False
         if self.pending():
-            self._write_fallback()
+            self._write_fallback(waited=time.monotonic() - started)
 
     def pending(self) -> int:
         """Events not yet in MongoDB (queued operations + unstored metric points)."""
@@ -406,10 +408,10 @@ class ResilientMongoObserver(RunObserver):
                                    "error": redact(self.last_error or "", self.url)}
         return meta
 
-    def _write_fallback(self) -> None:
+    def _write_fallback(self, waited: float) -> None:
         """The complete run as a Sacred file-storage run dir under the fallback root."""
         s = self._start
-        reason = f"MongoDB unreachable at the end of the run (waited {self.end_timeout:g} s)"
+        reason = f"MongoDB unreachable at the end of the run (waited {waited:.1f} s)"
         observer = FileStorageObserver(str(self.fallback_root))
         observer.started_event(copy.deepcopy(s["ex_info"]), s["command"], s["host_info"], s["start_time"],
                                s["config"], self._fallback_meta(s["meta_info"], reason), None)

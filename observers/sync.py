@@ -40,16 +40,8 @@ from typing import Iterable, Optional
 STILL_ALIVE = dt.timedelta(minutes=2)  # a RUNNING run with a newer heartbeat is still being written
 
 
-def fallback_dir() -> Path:
-    """Where the robust observer leaves runs MongoDB did not get: ``TOYLAB_FALLBACK_DIR``
-    or ``<runs dir>/fallback``."""
-    from observers import runs_dir
-
-    return Path(os.environ.get("TOYLAB_FALLBACK_DIR") or runs_dir() / "fallback")
-
-
 def default_roots() -> list[Path]:
-    from observers import runs_dir
+    from observers import fallback_dir, runs_dir
 
     return [runs_dir(), fallback_dir()]
 

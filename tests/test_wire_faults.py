@@ -5,8 +5,9 @@ TOYLAB_MONGO_URL, and compares the points logged (the same config in file storag
 points stored. Runs that could not reach the server end in the fallback directory and
 `python -m observers sync` uploads them once the server is back, exactly once.
 """
-import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,12 +19,6 @@ from tests.conftest import REPO, run_script
 
 SHORT = ["train_steps=300", "log_every=3", "seed=3"]  # ~1 s of training, 100 points per metric
 LONG = ["train_steps=12000", "log_every=12", "seed=3"]  # ~10 s of training, 1000 points per metric
-
-# The stock MongoObserver drops every point after one error (see sacred-stack.md); the robust
-# observer with its fallback lands with issue 4. Until then these document the behaviour owed.
-needs_robust_observer = pytest.mark.xfail(importlib.util.find_spec("observers.mongo") is None, strict=False,
-                                          reason="needs robust observer from issue 4")
-
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
@@ -43,13 +38,15 @@ def recording_env(server, tmp_path) -> dict:
             "TOYLAB_FALLBACK_DIR": str(tmp_path / "fallback"), "TOYLAB_RUNS_DIR": str(tmp_path / "runs")}
 
 
+def start_long_run(env) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "experiments/grokking.py", "-b", "1", "with", *LONG], cwd=REPO,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def run_long_and_kill_server(server, env, restart: bool) -> float:
     """Run the LONG config; SIGKILL the server once points are flowing, then restart it on the
     same port and file (``restart``) or leave it down. Returns seconds from the kill to the exit."""
-    import os
-
-    experiment = subprocess.Popen([sys.executable, "experiments/grokking.py", "-b", "1", "with", *LONG], cwd=REPO,
-                                  env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    experiment = start_long_run(env)
     try:
         wait_for_points(server)
         server.kill()
@@ -105,7 +102,6 @@ def wait_for_points(server, timeout=30) -> None:
     raise AssertionError("the experiment stored no metric points")
 
 
-@needs_robust_observer
 def test_server_down_before_start_falls_back_then_sync_uploads_once(local_mongo, logged, tmp_path):
     """Injected: the server is stopped before the run starts and stays down until it ends."""
     env = recording_env(local_mongo, tmp_path)
@@ -126,7 +122,6 @@ def test_server_down_before_start_falls_back_then_sync_uploads_once(local_mongo,
     assert "0 uploaded" in sync(local_mongo, env)
 
 
-@needs_robust_observer
 def test_server_killed_mid_run_and_restarted_every_point_arrives_once(local_mongo, logged, tmp_path):
     """Injected: SIGKILL to the server once points are flowing; restarted on the same port and file."""
     run_long_and_kill_server(local_mongo, recording_env(local_mongo, tmp_path), restart=True)
@@ -136,7 +131,6 @@ def test_server_killed_mid_run_and_restarted_every_point_arrives_once(local_mong
     assert fallback_runs(tmp_path) == []
 
 
-@needs_robust_observer
 def test_server_down_at_the_end_bounded_exit_complete_fallback_then_sync(local_mongo, logged, tmp_path):
     """Injected: SIGKILL to the server once points are flowing; it stays down past the end of the run."""
     env = recording_env(local_mongo, tmp_path)
@@ -152,3 +146,28 @@ def test_server_down_at_the_end_bounded_exit_complete_fallback_then_sync(local_m
     assert stored["status"] == "COMPLETED"
     assert_same_points(logged["long"], stored["metrics"])
     assert "0 uploaded" in sync(local_mongo, env)
+
+
+def test_sigterm_during_the_end_wait_stops_waiting_and_keeps_the_complete_run(local_mongo, logged, tmp_path):
+    """Injected: the server is killed mid-run and stays down; the run waits for it at the end
+    (up to 120 s here) and a SIGTERM then arrives: the wait stops and the run is in the fallback."""
+    env = {**recording_env(local_mongo, tmp_path), "TOYLAB_MONGO_END_TIMEOUT": "120"}
+    experiment = start_long_run(env)
+    try:
+        wait_for_points(local_mongo)
+        local_mongo.kill()
+        for line in experiment.stderr:  # the observer says when it starts waiting
+            if "waiting up to 120 s" in line:
+                break
+        else:
+            raise AssertionError("the observer never announced its end wait")
+        experiment.send_signal(signal.SIGTERM)
+        terminated = time.monotonic()
+        _, err = experiment.communicate(timeout=60)
+    finally:
+        experiment.kill()
+    assert time.monotonic() - terminated < 20, "the end wait was not interrupted"
+    assert experiment.returncode == 0, err[-2000:]
+    [run_dir] = fallback_runs(tmp_path)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "COMPLETED"
+    assert_same_points(logged["long"], json.loads((run_dir / "metrics.json").read_text()))

@@ -229,8 +229,9 @@ def train(models, tasks, objectives, optimizers, train_steps: int, log_every: in
     ``on_log(k, step, metrics)`` is called for model k in step order at every multiple of
     ``log_every``, at each first threshold crossing and at the last step.
     ``stop_when(k, outcome)`` is asked after every chunk of steps; once it returns True
-    model k is frozen (its outcome and parameters stay as they were) and training ends
-    when every model has stopped. Trained parameters are written back into ``models``.
+    model k is frozen (its outcome and parameters stay as they were; without checkpoints
+    it also leaves the batch, so the others run faster) and training ends when every
+    model has stopped. Trained parameters are written back into ``models``.
 
     Checkpoints: ``on_checkpoint(state)`` is called after every chunk with the training
     state at that chunk boundary (parameters, Adam moments, threshold steps so far, the
@@ -264,6 +265,9 @@ def train(models, tasks, objectives, optimizers, train_steps: int, log_every: in
 
     outcomes = [TrainOutcome(steps=0) for _ in range(G)]
     active = torch.ones(G, dtype=torch.bool)
+    batch = list(range(G))  # the model in each row of the batch
+    # Without checkpoints (whose state is the whole batch), stopped models leave the batch.
+    compact = stop_when is not None and on_checkpoint is None and resume is None and G > 1
     start_step = 0
     if resume is not None:
         start_step = _restore(resume, net, outcomes, active, chunk_steps)
@@ -289,28 +293,30 @@ def train(models, tasks, objectives, optimizers, train_steps: int, log_every: in
             "rqi": rqi(reps, rqi_tolerance).numpy(),
         }  # each (K, G)
         last_step = first_step + len(row_loss) - 1
-        for k in torch.nonzero(active).flatten().tolist():
+        for b, k in enumerate(batch):  # batch row b holds model k
+            if not active[k]:
+                continue
             outcome = outcomes[k]
             crossings = set()
             for name, key, threshold, strict in (("t_train", "train.acc", acc_threshold, False),
                                                  ("t_test", "test.acc", acc_threshold, False),
                                                  ("t_rqi", "rqi", rqi_threshold, True)):
                 if getattr(outcome, name) is None:
-                    step = first_crossing(metrics[key][:, k], threshold, strict=strict, offset=first_step)
+                    step = first_crossing(metrics[key][:, b], threshold, strict=strict, offset=first_step)
                     if step is not None:
                         setattr(outcome, name, step)
                         crossings.add(step)
             outcome.steps = last_step + 1
-            outcome.final = {name: float(values[-1, k]) for name, values in metrics.items()}
+            outcome.final = {name: float(values[-1, b]) for name, values in metrics.items()}
             if outcome.steps < train_steps and stop_when is not None and stop_when(k, outcome):
                 outcome.stopped_early = True
                 active[k] = False
-                net.freeze(k)
+                net.freeze(b)
             if on_log is not None:
                 for i, step in enumerate(range(first_step, last_step + 1)):
                     if step % log_every == 0 or step in crossings or step == last_step and (
                             outcome.steps == train_steps or outcome.stopped_early):
-                        on_log(k, step, {name: float(values[i, k]) for name, values in metrics.items()})
+                        on_log(k, step, {name: float(values[i, b]) for name, values in metrics.items()})
         bar.update(len(row_loss))
         shown = outcomes[0].final
         bar.set_postfix({"train": f"{shown['train.acc']:.2f}", "test": f"{shown['test.acc']:.2f}",
@@ -330,7 +336,7 @@ def train(models, tasks, objectives, optimizers, train_steps: int, log_every: in
                 predicted = torch.baddbmm(target_sq, output, targets_T, alpha=-2).argmin(-1)
             else:
                 log_probs = torch.log_softmax(output, dim=-1)
-                row_loss = -log_probs.gather(-1, labels.expand(G, -1)[..., None]).squeeze(-1)
+                row_loss = -log_probs.gather(-1, labels.expand(len(batch), -1)[..., None]).squeeze(-1)
                 grad_output = log_probs.exp()
                 grad_output[..., labels.new_tensor(range(len(labels))), labels] -= 1.0
                 grad_output *= train_weights[..., None]
@@ -348,6 +354,15 @@ def train(models, tasks, objectives, optimizers, train_steps: int, log_every: in
                 on_checkpoint(_checkpoint(net, outcomes, active, chunk_start, chunk_steps))
             if not active.any():
                 break
+            if compact and not all(active[k] for k in batch):
+                # stopped models leave the batch: their forward and backward would be wasted
+                keep = [b for b, k in enumerate(batch) if active[k]]
+                net, batch, index = net.compacted(keep), [batch[b] for b in keep], torch.tensor(keep)
+                train_mask, n_train, n_test, train_weights = (x[index] for x in (train_mask, n_train, n_test,
+                                                                                  train_weights))
+                if loss_name == "mse":
+                    row_targets, targets_T, target_sq, grad_scale = (x[index] for x in (row_targets, targets_T,
+                                                                                         target_sq, grad_scale))
     bar.close()
     net.write_back()
     return outcomes
@@ -395,7 +410,7 @@ class _FlatNetwork:
     """
 
     def __init__(self, models: list[ToyAdditionModel], optimizers: list[OptimizerSettings]):
-        self.models = models
+        self.models, self.optimizers = models, optimizers
         first = models[0]
         self.representation, self.activation = first.representation, first.activation
         self._act, self._act_backward = ACTIVATIONS[first.activation][1:]
@@ -415,10 +430,15 @@ class _FlatNetwork:
         self.dtype = tensors[0][1][0].dtype
         G = len(models)
         self.theta = torch.cat([torch.stack(ts).reshape(G, -1) for _, ts, _ in tensors], dim=1)
-        self.views, offset = {}, 0
+        # Gradients are written straight into one persistent (G, P) buffer laid out like
+        # theta: a fresh concatenated gradient every step costs a large allocation (and its
+        # page faults), which at this size is as slow as a matrix product.
+        self.grad = torch.zeros_like(self.theta)
+        self.views, self.grad_views, offset = {}, {}, 0
         for (name, _, _), shape in zip(tensors, shapes):
             size = shape.numel()
             self.views[name] = self.theta[:, offset:offset + size].view(G, *shape)
+            self.grad_views[name] = self.grad[:, offset:offset + size].view(G, *shape)
             offset += size
         self.is_encoder = torch.cat([torch.full((s.numel(),), enc) for (_, _, enc), s in zip(tensors, shapes)])
         self.symbol_vectors = first.symbol_vectors if self.representation == "encoder" else None
@@ -451,7 +471,6 @@ class _FlatNetwork:
                 self.groups.append({"model": k, "part": part, "param": param, "lr": lr, "weight_decay": decay,
                                     "exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param),
                                     "step": torch.zeros((), dtype=torch.float32)})
-        self.grads: dict[str, torch.Tensor] = {}
         self._saved: dict[str, list] = {}
         self.names = [name for name, _, _ in tensors]
 
@@ -472,8 +491,8 @@ class _FlatNetwork:
         for index in reversed(range(len(inputs))):
             x = inputs[index]
             weight_name, W, _, _ = self.layer_views[group][index]
-            self.grads[weight_name] = torch.bmm(grad.transpose(1, 2), x)
-            self.grads[weight_name[:-6] + "bias"] = grad.sum(1)
+            torch.bmm(grad.transpose(1, 2), x, out=self.grad_views[weight_name])
+            torch.sum(grad, 1, out=self.grad_views[weight_name[:-6] + "bias"])
             grad = torch.bmm(grad, W)
             if index:  # x is the previous layer's activation output
                 grad = self._act_backward(grad, x)
@@ -487,7 +506,7 @@ class _FlatNetwork:
 
     def representations_backward(self, grad_r: torch.Tensor) -> None:
         if self.representation == "embedding":
-            self.grads["embedding"] = grad_r
+            self.grad_views["embedding"].copy_(grad_r)
         else:
             self._mlp_backward("encoder", grad_r)
 
@@ -497,18 +516,26 @@ class _FlatNetwork:
     def decoder_backward(self, grad_output: torch.Tensor) -> torch.Tensor:
         return self._mlp_backward("decoder", grad_output)
 
-    def flat_grad(self) -> torch.Tensor:
-        G = self.theta.shape[0]
-        return torch.cat([self.grads[name].reshape(G, -1) for name in self.names], dim=1)
-
     def optimizer_step(self) -> None:
-        grad = self.flat_grad()
+        grad = self.grad
         for group in self.groups:
             group["step"] += 1
             self._adam_kernel([group["param"]], [grad[group["model"], group["part"]]], [group["exp_avg"]],
                               [group["exp_avg_sq"]], [], [group["step"]], lr=group["lr"], beta1=self.beta1,
                               beta2=self.beta2, weight_decay=group["weight_decay"], eps=self.eps,
                               amsgrad=False, maximize=False)
+
+    def compacted(self, keep: list[int]) -> "_FlatNetwork":
+        """A network of the models in rows ``keep`` only, with their Adam state; every
+        model's parameters are written back first (the others are done training)."""
+        self.write_back()
+        net = _FlatNetwork([self.models[b] for b in keep], [self.optimizers[b] for b in keep])
+        old = {(group["model"], group["part"].start): group for group in self.groups}
+        for group in net.groups:
+            saved = old[(keep[group["model"]], group["part"].start)]
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                group[key].copy_(saved[key])
+        return net
 
     def freeze(self, k: int) -> None:
         """Stop updating model k (early stopping inside a batch)."""

@@ -1,0 +1,321 @@
+"""Sweeps on a real local Dask cluster (worker processes), block training, the quick
+phase diagram's landmarks, the analysis and the notebook.
+
+Block training vs single runs: in float64 the threshold steps and phases are identical; in
+float32 batched matrix products of different batch sizes round differently (about 1e-6),
+which a few thousand steps of training amplify, so there only the phases must agree (see
+the README, "Sweeps")."""
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from experiments import sweep
+from toymodels.phases import classify_phase
+
+GROKKING = str(REPO / "experiments" / "grokking.py")
+TINY = {"grid": {"decoder_lr": [1e-3, 1e-2]}, "seeds": [0], "config": {"train_steps": 100, "log_every": 10}}
+
+
+@pytest.fixture(scope="module")
+def client():
+    """Two worker processes, shared by the cluster tests (starting a cluster takes seconds)."""
+    c = sweep.make_client(workers=2)
+    yield c
+    cluster = c.cluster
+    c.close()
+    cluster.close()
+
+
+def completed_runs(root: Path, sweep_name: str) -> list[dict]:
+    runs = []
+    for run_dir in root.iterdir():
+        if run_dir.name.isdigit() and (run_dir / "run.json").exists():
+            data = json.loads((run_dir / "run.json").read_text())
+            if data["meta"].get("sweep") == sweep_name and data["status"] == "COMPLETED":
+                runs.append({"id": int(run_dir.name), **data})
+    return runs
+
+
+def test_sweep_runs_every_point_once_then_resumes_only_missing_points(client, tmp_path):
+    import analysis
+
+    root = tmp_path / "runs"
+    rows = sweep.run_sweep(GROKKING, TINY, "tiny", client, block_size=2, store=sweep.FileStore(str(root)))
+    assert [row["status"] for row in rows] == ["COMPLETED"] * 2
+    runs = completed_runs(root, "tiny")
+    assert len(runs) == 2 and len({r["meta"]["sweep_point"] for r in runs}) == 2
+    table = analysis.sweep_runs(str(root), "tiny")
+    assert sorted(zip(table["decoder_lr"], table["seed"])) == [(1e-3, 0), (1e-2, 0)]
+    assert set(table["phase"]) <= {"comprehension", "grokking", "memorization", "confusion"}
+
+    # "interrupted": one point lost its COMPLETED run, and the sweep grew by one value
+    lost = runs[0]
+    run_json = root / str(lost["id"]) / "run.json"
+    run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "status": "INTERRUPTED"}))
+    grown = {**TINY, "grid": {"decoder_lr": [1e-3, 1e-2, 1e-4]}}
+    rows = sweep.run_sweep(GROKKING, grown, "tiny", client, block_size=2, store=sweep.FileStore(str(root)))
+    statuses = {row["point"].key: row["status"] for row in rows}
+    assert sorted(statuses.values()) == ["COMPLETED", "COMPLETED", "SKIPPED"]
+    assert statuses[lost["meta"]["sweep_point"]] == "COMPLETED"
+    after = completed_runs(root, "tiny")
+    assert len(after) == 3 and len({r["meta"]["sweep_point"] for r in after}) == 3
+
+
+def test_killed_worker_point_is_retried_and_completed_exactly_once(client, tmp_path):
+    root = tmp_path / "runs"
+    spec = {"grid": {"decoder_lr": [1e-4, 1e-3, 1e-2]}, "config": {"train_steps": 1500}, "seeds": [0]}
+    pids = client.run(os.getpid)  # worker address -> pid
+    killed = {}
+
+    def kill_a_worker_mid_run():
+        deadline = time.time() + 60
+        while time.time() < deadline and not killed:
+            for run_dir in root.glob("[0-9]*"):
+                try:
+                    data = json.loads((run_dir / "run.json").read_text())
+                except (OSError, ValueError):
+                    continue
+                if data["status"] != "RUNNING":
+                    continue
+                # every worker is running a point now (3 one-point blocks, 2 workers): kill one of them
+                busy = [address for address, keys in client.processing().items() if keys]
+                if busy:
+                    os.kill(pids[busy[0]], signal.SIGKILL)
+                    killed["pid"] = pids[busy[0]]
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_worker_mid_run)
+    killer.start()
+    rows = sweep.run_sweep(GROKKING, spec, "killed", client, block_size=1, store=sweep.FileStore(str(root)))
+    killer.join()
+    assert killed, "no run was seen RUNNING to kill its worker"
+    assert [row["status"] for row in rows] == ["COMPLETED"] * 3
+    runs = completed_runs(root, "killed")
+    assert sorted(r["meta"]["sweep_point"] for r in runs) == sorted(row["point"].key for row in rows)
+    statuses = [json.loads(d.joinpath("run.json").read_text())["status"] for d in root.glob("[0-9]*")]
+    assert statuses.count("RUNNING") == 1  # the killed worker's run stays as it was; its point ran again
+    assert killed["pid"] not in client.run(os.getpid).values()  # the nanny started a new worker process
+
+
+def test_failed_point_is_reported_with_its_run_id(client, tmp_path):
+    root = tmp_path / "runs"
+    spec = {"grid": {"resume_from": [123456]}, "config": {"train_steps": 100}}  # no such run: main fails
+    rows = sweep.run_sweep(GROKKING, spec, "failing", client, store=sweep.FileStore(str(root)))
+    assert rows[0]["status"] == "FAILED" and rows[0]["run"] is not None
+    assert json.loads((root / str(rows[0]["run"]) / "run.json").read_text())["status"] == "FAILED"
+    import io
+
+    out = io.StringIO()
+    assert sweep.print_summary(rows, "failing", out) == 1
+    assert f"FAILED: run {rows[0]['run']}" in out.getvalue()
+
+
+# ------------------------------------------------------------------ claims
+def test_file_claim_excludes_another_process_until_it_dies(tmp_path):
+    import subprocess
+    import sys
+
+    store = sweep.FileStore(str(tmp_path / "runs"))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from experiments.sweep import FileStore\n"
+        f"with FileStore({str(tmp_path / 'runs')!r}).claim('s', 'k') as held:\n"
+        "    print(held, flush=True); time.sleep(60)")], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        with store.claim("s", "k") as held:
+            assert not held
+        with store.claim("s", "other") as held:
+            assert held
+    finally:
+        holder.kill()
+        holder.wait()
+    with store.claim("s", "k") as held:  # the kernel released the dead holder's lock
+        assert held
+
+
+def test_mongo_claim_is_exclusive_and_taken_over_after_its_lease(monkeypatch):
+    import mongomock
+
+    store = sweep.MongoStore("sacred")
+    store._db = mongomock.MongoClient()["sacred"]
+    with store.claim("s", "k") as held:
+        assert held
+        with store.claim("s", "k") as again:
+            assert not again
+        # its worker died: no heartbeat for longer than the lease
+        store._db.sweep_claims.update_one({"_id": "s/k"}, {"$set": {"heartbeat": time.time() - 2 * sweep.CLAIM_LEASE}})
+        with store.claim("s", "k") as taken:
+            assert taken
+    assert store._db.sweep_claims.count_documents({}) == 0
+
+
+def test_sweep_records_to_a_real_mongodb_exactly_once(monkeypatch):
+    """The MongoDB store end to end: runs tagged (meta.sweep, Omniboard tag), claims released,
+    a second pass skips every point, the analysis loads the sweep."""
+    import pymongo
+
+    import analysis
+
+    url = os.environ.get("TOYLAB_TEST_MONGO_URL")
+    if not url:
+        pytest.skip("no real MongoDB server: set TOYLAB_TEST_MONGO_URL or install the local one (make test-deps)")
+    name = f"toylab_sweep_{os.getpid()}"
+    monkeypatch.setenv("TOYLAB_MONGO_URL", url)
+    monkeypatch.setenv("TOYLAB_MONGO_DB", name)
+    client = pymongo.MongoClient(url, serverSelectionTimeoutMS=5000)
+    try:
+        store = sweep.default_store()
+        points = sweep.expand("grokking", TINY)
+        rows = sweep.run_block(GROKKING, "tiny", points, store)
+        assert [row["status"] for row in rows] == ["COMPLETED"] * 2
+        docs = list(client[name].runs.find({"meta.sweep": "tiny", "status": "COMPLETED"}))
+        assert len(docs) == 2 and all(doc["omniboard"]["tags"] == ["tiny"] for doc in docs)
+        assert client[name].sweep_claims.count_documents({}) == 0
+        assert [row["status"] for row in sweep.run_block(GROKKING, "tiny", points, store)] == ["SKIPPED"] * 2
+        table = analysis.sweep_runs(url, "tiny", db_name=name)
+        assert sorted(table["decoder_lr"]) == [1e-3, 1e-2]
+    finally:
+        client.drop_database(name)
+
+
+# ------------------------------------------------------------------ blocks and the quick diagram
+def configs(spec):
+    module = sweep.load_experiment(GROKKING)
+    return module, [sweep.point_config(module, point) for point in sweep.expand("grokking", spec)]
+
+
+def test_block_training_gives_the_threshold_steps_of_single_runs():
+    """float64: identical threshold steps and phases (float32 agrees in phase only, see the docstring)."""
+    module, cfgs = configs({"grid": {"decoder_lr": [1e-3, 1e-2]}, "named_configs": ["paper"], "seeds": [2],
+                            "config": {"train_steps": 800, "dtype": "float64"}})
+    module.train_block(cfgs)
+    together = [module._BLOCK_TRAINED.pop(module._fingerprint(c))["outcome"] for c in cfgs]
+    for config, block in zip(cfgs, together):
+        module.train_block([config])
+        alone = module._BLOCK_TRAINED.pop(module._fingerprint(config))["outcome"]
+        assert (block.t_train, block.t_test, block.t_rqi) == (alone.t_train, alone.t_test, alone.t_rqi)
+        assert block.t_train is not None  # a threshold was crossed: the comparison means something
+        assert classify_phase(block.t_train, block.t_test, 800, 100) == classify_phase(alone.t_train, alone.t_test,
+                                                                                        800, 100)
+
+
+def test_stopped_models_leave_the_batch_without_changing_the_others():
+    """Early-stopped models are dropped from the batch (no checkpoints): the others train
+    exactly as in a batch that keeps computing the stopped ones (on_checkpoint disables it)."""
+    import torch
+
+    from toymodels.grokking import Objective, OptimizerSettings, ToyAdditionModel, make_addition_task, train
+
+    def trained(compact: bool):
+        tasks = [make_addition_task(10, 0.8, seed) for seed in range(3)]
+        objectives = [Objective("mse", 19, 30, seed) for seed in range(3)]
+        models = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            models.append(ToyAdditionModel(10, 1, 30))
+        settings = [OptimizerSettings(decoder_lr=lr) for lr in (1e-3, 3e-3, 1e-2)]
+        outcomes = train(models, tasks, objectives, settings, 300, 10, chunk_steps=100, progress=False,
+                         stop_when=lambda k, outcome: k == 1, on_checkpoint=None if compact else lambda state: None)
+        return outcomes, [m.state_dict() for m in models]
+
+    (compacted, compacted_params), (full, full_params) = trained(True), trained(False)
+    assert [o.steps for o in compacted] == [300, 100, 300] and compacted[1].stopped_early
+    assert [vars(o) for o in compacted] == [vars(o) for o in full]
+    for a, b in zip(compacted_params, full_params):
+        assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+LANDMARKS = {(1e-4, 0): "comprehension", (1e-3, 0): "memorization", (1e-2, 0): "memorization",
+             (1e-2, 10): "confusion"}
+
+
+@pytest.fixture(scope="module")
+def quick_sweeps(tmp_path_factory):
+    """The landmark cells of the MSE diagram (seed 2, budget 2100) and a tiny fraction scan, run
+    in this process by the sweep's worker function (the cluster is tested above)."""
+    root = tmp_path_factory.mktemp("quick") / "runs"
+    store = sweep.FileStore(str(root))
+    phase = {"named_configs": ["paper"], "config": {"train_steps": 2100, "stop_when_decided": True, "seed": 2}}
+    points = [point for (lr, decay) in LANDMARKS for point in sweep.expand(
+        "grokking", {**phase, "grid": {"decoder_lr": [lr], "decoder_weight_decay": [decay]}})]
+    assert all(row["status"] == "COMPLETED" for row in sweep.run_block(GROKKING, "landmarks", points, store))
+    scan = sweep.expand("grokking", {"grid": {"train_fraction": [0.3, 0.6]}, "named_configs": ["paper"],
+                                     "config": {"train_steps": 200}, "seeds": 2})
+    assert all(row["status"] == "COMPLETED" for row in sweep.run_block(GROKKING, "scan", scan, store))
+    return root
+
+
+def test_quick_diagram_reproduces_the_landmarks(quick_sweeps):
+    import analysis
+
+    table = analysis.phase_table(analysis.sweep_runs(str(quick_sweeps), "landmarks"), "decoder_lr",
+                                 "decoder_weight_decay")
+    found = {(row.decoder_lr, row.decoder_weight_decay): row.phase for row in table.itertuples()}
+    assert found == LANDMARKS
+    runs = analysis.sweep_runs(str(quick_sweeps), "landmarks")
+    infos = [json.loads((quick_sweeps / str(run) / "info.json").read_text()) for run in runs["run"]]
+    assert [info["trained_in_block_of"] for info in infos] == [4] * 4  # trained together, recorded apart
+    comprehension = runs[runs["phase"] == "comprehension"].iloc[0]
+    assert comprehension["stopped_early"] and comprehension["steps"] < 2100  # decided: stopped early, said why
+    assert "phase is decided" in comprehension["stop_reason"]
+    assert not runs[runs["phase"] == "memorization"]["stopped_early"].any()  # undecided: ran to the budget
+
+
+def test_notebook_executes_on_a_quick_sweep(quick_sweeps, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("TOYLAB_RUNS_DIR", str(quick_sweeps))
+    monkeypatch.setenv("TOYLAB_PHASE_SWEEP", "landmarks")
+    monkeypatch.setenv("TOYLAB_FRACTION_SWEEP", "scan")
+    monkeypatch.setenv("TOYLAB_DOF_SAMPLES", "50")
+    notebook = nbformat.read(REPO / "notebooks" / "grokking.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # diagram, critical fraction, curves
+
+
+# ------------------------------------------------------------------ command line and SLURM
+def test_points_are_variants_by_grid_by_seeds_with_stable_keys():
+    spec = {"grid": {"a": [1, 2], "b": ["x"]}, "variants": ["v1", "v2"], "named_configs": ["base"],
+            "config": {"c": 0.5}, "seeds": 2}
+    points = sweep.expand("exp", spec)
+    assert len(points) == 2 * 2 * 1 * 2
+    assert points[0].named_configs == ("base", "v1") and points[0].updates == {"c": 0.5, "a": 1, "b": "x", "seed": 0}
+    assert points[-1].named_configs == ("base", "v2") and points[-1].updates["seed"] == 1
+    assert len({p.key for p in points}) == len(points)
+    assert [p.key for p in sweep.expand("exp", spec)] == [p.key for p in points]  # a re-run finds its points
+    assert sweep.parse_value("1e-3") == 1e-3 and sweep.parse_value("true") is True
+    assert sweep.parse_value("adamw") == "adamw"
+
+
+
+def test_command_line_lists_points_and_refuses_bad_values_in_one_line(capsys):
+    assert sweep.main([GROKKING, "--sweep", "phase_mse", "--list"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 16 * 11
+    assert sweep.main([GROKKING, "--grid", "decoder_lr=1e-3,-1", "with", "train_steps=10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["observers.ConfigError: decoder_lr=-1 is not allowed: decoder_lr must be > 0"]
+    with pytest.raises(SystemExit, match="declares phase_mse"):
+        sweep.main([GROKKING, "--sweep", "nope"])
+
+
+def test_slurm_job_script_asks_for_partition_walltime_memory():
+    cluster = sweep.slurm_cluster(partition="short", walltime="00:20:00", memory="3GB", cores=2,
+                                  scheduler_options={"dashboard_address": ":0"})
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for line in ("#SBATCH -p short", "#SBATCH -t 00:20:00", "#SBATCH --mem=3G", "#SBATCH --cpus-per-task=2"):
+        assert line in script
+    assert "--nworkers 2" in script and "--nthreads 1" in script  # one single-threaded worker per core
