@@ -1,0 +1,415 @@
+"""In-context learning of finite-state machines by recurrent and attention models.
+
+Question: given the walk so far on a freshly sampled deterministic finite-state machine
+(a new transition table for every sequence), can a model infer the machine in context and
+predict the next state? Which architectures can (LSTM, vanilla RNN, deep vanilla RNN,
+causal transformer), and is failure a matter of capacity (parameters, state size) or of
+architecture? Background: Akyurek et al. (2024), "In-context language learning:
+architectures and algorithms" (arXiv 2401.12973), where transformers beat recurrent
+models on random automata; Arora et al. (2023), "Zoology" (arXiv 2312.04927), where the
+recall of recurrent models is bounded by their state size.
+
+One run trains one model on one dataset and gives its in-context curve: next-state
+accuracy by how many times the current (state, action) pair already appeared in the
+sequence (0: chance 1/S; 1 or more: near 1 if the model learned in context), per epoch.
+The named sweeps in ``SWEEPS`` are the plan (priority 1 and 2, 3 seeds each); the
+notebook notebooks/fsm_icl.ipynb aggregates them.
+
+    python experiments/fsm_icl.py with lstm_5s5a                   # the large LSTM (a GPU run)
+    python experiments/fsm_icl.py with lstm_5s5a cpu               # CPU-sized: minutes
+    python experiments/fsm_icl.py with small_lstm_5s5a cpu dataset=easy
+    python experiments/fsm_icl.py with small_lstm_5s5a cpu init_from=12      # curriculum: start from run 12
+    python experiments/fsm_icl.py with small_lstm_5s5a cpu probe init_from=12  # linear probes on run 12
+    python -m experiments.sweep experiments/fsm_icl.py --sweep plan_cpu      # the CPU-sized plan
+"""
+import io
+import math
+import tempfile
+from pathlib import Path
+
+import observers  # first: it quiets Sacred's import-time warning
+
+import torch
+from sacred import Experiment
+
+from analysis import figures
+from analysis import fsm as fsm_figures
+from toymodels import fsm, fsm_train, sequence_models
+from toymodels.transformer import DEVICES, select_device
+
+ex = observers.attach(Experiment("fsm_icl"))
+KINDS = ("train", "probe")
+CHECKPOINT = "best.pt"  # the artifact a curriculum or a probe run starts from
+
+# The plan as named sweeps (see README "Sweeps"): every point is an ordinary run.
+PLAN_5S5A = ["lstm_5s5a", "small_lstm_5s5a", "vanilla_rnn_5s5a", "small_vanilla_5s5a", "deep_rnn_5s5a",
+             "transformer_5s5a"]
+PLAN_HARDER = ["lstm_5s8a", "small_lstm_5s8a", "lstm_8s8a", "lstm_absorbing"]
+SWEEPS = {
+    # Priority 1 and 2 at the full size (a GPU job): every model on 5s5a, LSTMs on the harder
+    # machines; the probes run on each trained model's best checkpoint at the end of its run.
+    "plan": {"variants": PLAN_5S5A + PLAN_HARDER, "config": {"probe_epochs": 20}, "seeds": 3},
+    # The same plan, CPU-sized (short walks, small datasets, few epochs).
+    "plan_cpu": {"variants": PLAN_5S5A + PLAN_HARDER, "named_configs": ["cpu"], "config": {"probe_epochs": 5},
+                 "seeds": 3},
+}
+
+
+@ex.config
+def config():
+    """One model trained on walks of one kind of machine (or probed: kind="probe")."""
+    kind = "train"  # "train" a model; "probe": linear probes on init_from's best checkpoint, frozen
+    # --- data (fsm.DATASETS; S, A and absorption follow the dataset unless overridden)
+    dataset = "5s5a"  # easy (3 states, 3 actions), 5s5a, 5s8a, 8s8a, absorbing (5s5a + an absorbing state)
+    n_states = fsm.DATASETS.get(dataset, {}).get("n_states", 5)  # S
+    n_actions = fsm.DATASETS.get(dataset, {}).get("n_actions", 5)  # A
+    absorbing = fsm.DATASETS.get(dataset, {}).get("absorbing", False)  # one state maps to itself under every action
+    n_transitions = 64  # T: steps per walk = next-state predictions per sequence (2T input tokens)
+    train_sequences = 20000  # walks (machines) in the training set
+    val_sequences = 1000  # walks in the validation set (other machines)
+    data_seed = 0  # the walks depend on this, not on `seed`, so all models and seeds see the same data
+    data_dir = "data"  # cache of generated walks, keyed by their parameters (git-ignored); "": no cache
+    vocab_states = 8  # token space shared by every dataset, so a checkpoint fits every dataset (curricula)
+    vocab_actions = 8
+    # --- model (toymodels/sequence_models.py; the named configs set the plan's sizes)
+    model = "lstm"  # "lstm", "rnn" (vanilla tanh RNN) or "transformer" (causal, pre-norm)
+    d_model = 256  # hidden size (transformer: residual stream, MLP 4 d_model)
+    num_layers = 2  # recurrent layers or transformer blocks
+    n_heads = 4  # transformer only
+    # --- optimisation
+    epochs = 50  # passes over the training walks
+    batch_size = 64  # walks per step
+    lr = 1e-3  # Adam
+    grad_clip = 1.0  # max gradient norm (vanilla RNNs explode without it); 0: none
+    # --- measurement
+    max_repeats = 4  # the in-context curve's last bucket: this many earlier occurrences or more
+    eval_sequences = 1000  # walks of each split measured after every epoch (0: all)
+    # --- curriculum and probes
+    init_from = None  # run id (or run dir) whose best checkpoint this run starts from; None: fresh
+    probe_epochs = 0  # train kind: >0 fits linear probes on the best checkpoint after training
+    probe_sequences = 512  # walks of each split whose hidden states the probes fit / are measured on
+    probe_lr = 3e-3  # Adam, for the probes
+    # --- system
+    device = "auto"  # "auto": cuda when available, else cpu
+    torch_threads = 1  # per run; sweeps run several runs side by side
+    seed = 0  # initialisation and minibatch order (the data has data_seed)
+
+
+# ------------------------------------------------------------------ the plan's settings
+@ex.named_config
+def cpu():
+    """CPU-sized: 32-step walks, 2000 training walks, 10 epochs of 63 steps."""
+    n_transitions = 32
+    train_sequences = 2000
+    val_sequences = 500
+    eval_sequences = 500
+    epochs = 10
+    batch_size = 32
+    lr = 3e-3  # few steps: a larger rate than the GPU plan's
+    probe_sequences = 256
+
+
+@ex.named_config
+def lstm_5s5a():
+    """Large LSTM: d_model 256, 2 layers, ~1.06M parameters; 5 states, 5 actions."""
+    model = "lstm"
+    d_model = 256
+    num_layers = 2
+    dataset = "5s5a"
+
+
+@ex.named_config
+def small_lstm_5s5a():
+    """Small LSTM: d_model 64, 2 layers, ~68K parameters; 5 states, 5 actions."""
+    model = "lstm"
+    d_model = 64
+    num_layers = 2
+    dataset = "5s5a"
+
+
+@ex.named_config
+def vanilla_rnn_5s5a():
+    """Vanilla tanh RNN: d_model 256, 2 layers, ~270K parameters; 5 states, 5 actions."""
+    model = "rnn"
+    d_model = 256
+    num_layers = 2
+    dataset = "5s5a"
+
+
+@ex.named_config
+def small_vanilla_5s5a():
+    """Small vanilla RNN: d_model 64, 2 layers, ~18K parameters; 5 states, 5 actions."""
+    model = "rnn"
+    d_model = 64
+    num_layers = 2
+    dataset = "5s5a"
+
+
+@ex.named_config
+def deep_rnn_5s5a():
+    """Deep vanilla RNN: d_model 256, 8 layers, ~1.06M parameters (matched to the large LSTM)."""
+    model = "rnn"
+    d_model = 256
+    num_layers = 8
+    dataset = "5s5a"
+
+
+@ex.named_config
+def transformer_5s5a():
+    """Causal transformer: d_model 64, 2 blocks, 4 heads, ~110K parameters (with 64-step walks)."""
+    model = "transformer"
+    d_model = 64
+    num_layers = 2
+    n_heads = 4
+    dataset = "5s5a"
+
+
+@ex.named_config
+def lstm_5s8a():
+    """Large LSTM on 5 states, 8 actions (40 table entries)."""
+    model = "lstm"
+    d_model = 256
+    num_layers = 2
+    dataset = "5s8a"
+
+
+@ex.named_config
+def small_lstm_5s8a():
+    """Small LSTM on 5 states, 8 actions."""
+    model = "lstm"
+    d_model = 64
+    num_layers = 2
+    dataset = "5s8a"
+
+
+@ex.named_config
+def lstm_8s8a():
+    """Large LSTM on 8 states, 8 actions (64 table entries)."""
+    model = "lstm"
+    d_model = 256
+    num_layers = 2
+    dataset = "8s8a"
+
+
+@ex.named_config
+def lstm_absorbing():
+    """Large LSTM on 5s5a machines with an absorbing state (accuracy on the positions
+    before absorption is reported separately: after it the answer is trivial)."""
+    model = "lstm"
+    d_model = 256
+    num_layers = 2
+    dataset = "absorbing"
+
+
+@ex.named_config
+def probe():
+    """Linear probes on init_from's best checkpoint (set the model keys to that run's)."""
+    kind = "probe"
+    probe_epochs = 20
+
+
+# ------------------------------------------------------------------ validation
+def config_error(key, value, why):
+    return observers.ConfigError(f"{key}={value!r} is not allowed: {why}")
+
+
+@ex.config_hook
+def validate(config, command_name, logger):
+    """Refuse values the experiment cannot run, before any run is recorded."""
+    choices = {"kind": KINDS, "dataset": tuple(fsm.DATASETS), "model": sequence_models.ARCHITECTURES,
+               "device": DEVICES}
+    for key, allowed in choices.items():
+        if config[key] not in allowed:
+            raise config_error(key, config[key], f"use one of {', '.join(allowed)}")
+    integers = {"n_states": 2, "n_actions": 2, "n_transitions": 1, "train_sequences": 1, "val_sequences": 1,
+                "data_seed": 0, "vocab_states": 2, "vocab_actions": 2, "d_model": 1, "num_layers": 1, "n_heads": 1,
+                "epochs": 0, "batch_size": 1, "max_repeats": 1, "eval_sequences": 0, "probe_epochs": 0,
+                "probe_sequences": 1, "torch_threads": 1}
+    for key, minimum in integers.items():
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise config_error(key, value, f"{key} must be an integer >= {minimum}")
+    for states, vocab in (("n_states", "vocab_states"), ("n_actions", "vocab_actions")):
+        if config[states] > config[vocab]:
+            raise config_error(states, config[states], f"at most {vocab}={config[vocab]} (the shared token space)")
+    if not isinstance(config["absorbing"], bool):
+        raise config_error("absorbing", config["absorbing"], "use true or false")
+    for key in ("lr", "probe_lr"):
+        if not (isinstance(config[key], (int, float)) and config[key] > 0):
+            raise config_error(key, config[key], f"{key} must be > 0")
+    if not (isinstance(config["grad_clip"], (int, float)) and config["grad_clip"] >= 0):
+        raise config_error("grad_clip", config["grad_clip"], "grad_clip must be >= 0 (0: no clipping)")
+    if config["model"] == "transformer" and config["d_model"] % config["n_heads"]:
+        raise config_error("n_heads", config["n_heads"], f"it must divide d_model={config['d_model']}")
+    if config["device"] == "cuda" and not torch.cuda.is_available():
+        raise config_error("device", "cuda", "no CUDA device here; use auto or cpu")
+    if config["kind"] == "probe" and config["init_from"] is None:
+        raise config_error("kind", "probe", "a probe run needs init_from=RUN_ID, the trained run to probe")
+    if config["kind"] == "probe" and config["probe_epochs"] < 1:
+        raise config_error("probe_epochs", config["probe_epochs"], "a probe run trains its probes for >= 1 epoch")
+    if config["init_from"] is not None:
+        checkpoint_state(config)  # raises ConfigError when the run or its checkpoint does not fit
+    return {}
+
+
+def checkpoint_state(config):
+    """The best checkpoint of run ``init_from``, checked against the model this config builds."""
+    run = config["init_from"]
+    if isinstance(run, bool) or not isinstance(run, (int, str)):
+        raise config_error("init_from", run, "use a run id or a run directory")
+    try:
+        checkpoint = torch.load(io.BytesIO(observers.read_artifact(run, CHECKPOINT)), weights_only=True)
+    except FileNotFoundError as error:
+        raise config_error("init_from", run, f"{error} (name a completed {ex.path} run)") from None
+    except Exception as error:  # noqa: BLE001 - an unreadable record or an unreachable database
+        raise config_error("init_from", run, f"its {CHECKPOINT} cannot be read ({type(error).__name__}: "
+                                             f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    model = make_model(config)
+    problems = sequence_models.state_dict_mismatches(model, checkpoint["model_state"])
+    if problems:
+        source = ", ".join(f"{key}={value!r}" for key, value in checkpoint["model_config"].items())
+        raise config_error("init_from", run, f"its checkpoint does not fit this model ({problems[0]}; "
+                                             f"{len(problems)} mismatch(es)); the checkpoint's model: {source}")
+    return checkpoint
+
+
+MODEL_KEYS = ("model", "d_model", "num_layers", "n_heads", "vocab_states", "vocab_actions", "n_transitions")
+
+
+def make_model(config):
+    """The model a config describes (plain function: the validation hook calls it before any run)."""
+    return sequence_models.build_model(config["model"], config["vocab_states"] + config["vocab_actions"],
+                                       config["vocab_states"], config["d_model"], config["num_layers"],
+                                       context_length=2 * config["n_transitions"], n_heads=config["n_heads"])
+
+
+# ------------------------------------------------------------------ data and model
+@ex.capture
+def build_split(split, n_states, n_actions, absorbing, n_transitions, train_sequences, val_sequences, data_seed,
+                data_dir, vocab_states):
+    spec = fsm.WalkSpec(n_states, n_actions, absorbing, n_transitions,
+                        train_sequences if split == "train" else val_sequences, data_seed, split)
+    return fsm.to_split(fsm.load_walks(spec, data_dir or None), vocab_states)
+
+
+@ex.capture
+def build_model(_config, seed):
+    torch.manual_seed(seed)
+    return make_model(_config)
+
+
+@ex.capture
+def train_settings(epochs, batch_size, lr, grad_clip, eval_sequences, max_repeats, seed):
+    return fsm_train.TrainSettings(epochs, batch_size, lr, grad_clip, eval_sequences, max_repeats, seed)
+
+
+@ex.capture
+def run_probes(_run, model, train_split, val_split, probe_sequences, probe_epochs, probe_lr, batch_size, seed,
+               device):
+    """Linear probes per layer on the frozen model; metrics probe.layerK.*, result keys flat."""
+    def log(epoch, metrics):
+        for name, value in metrics.items():
+            if math.isfinite(value):
+                _run.log_scalar(f"probe.{name}", value, epoch)
+
+    results = fsm_train.fit_probes(model, train_split, val_split, probe_sequences, probe_epochs, probe_lr,
+                                   batch_size, device, seed, on_epoch=log)
+    return {f"probe_{name}_layer{layer}": finite_or_none(value)
+            for layer, measured in results.items() for name, value in measured.items()}
+
+
+def finite_or_none(value):
+    return value if math.isfinite(value) else None
+
+
+def model_description(config) -> dict:
+    return {key: config[key] for key in MODEL_KEYS}
+
+
+@ex.automain
+def main(_run, _config, kind, init_from, epochs, probe_epochs, n_states, device, torch_threads):
+    torch.set_num_threads(torch_threads)
+    device = select_device(device)
+    train_split, val_split = build_split("train"), build_split("val")
+    model = build_model()
+    n_parameters = sequence_models.n_parameters(model)
+    counts = val_split.counts.numpy()
+    reference = {"n_parameters": n_parameters, "chance": 1.0 / n_states,
+                 "p_first": fsm.first_occurrence_fraction(counts),
+                 "ceiling": fsm.accuracy_ceiling(counts, n_states)}
+    _run.info.update(reference)
+    print(f"{_config['model']} d_model={_config['d_model']} num_layers={_config['num_layers']}: "
+          f"{n_parameters} parameters; dataset {_config['dataset']} (S={n_states}, A={_config['n_actions']}), "
+          f"accuracy ceiling {reference['ceiling']:.3f}, chance {reference['chance']:.3f}")
+    if init_from is not None:
+        checkpoint = checkpoint_state(_config)
+        model.load_state_dict(checkpoint["model_state"])
+        _run.info["init_from"] = {"run": init_from, "epoch": checkpoint["epoch"],
+                                  "val_acc": checkpoint["val_acc"], "dataset": checkpoint["dataset"]}
+    model.to(device)
+    if kind == "probe":
+        result = {**reference, **run_probes(model=model, train_split=train_split, val_split=val_split,
+                                            device=device)}
+        print(f"run {_run._id}: {observers.describe(_run)}")
+        return result
+
+    curves: dict = {}
+    best = {"val.acc": -1.0}
+
+    def on_epoch(epoch, metrics):
+        for name, value in metrics.items():
+            if math.isfinite(value):  # an empty bucket of the in-context curve has no value
+                _run.log_scalar(name, value, epoch)
+                curves.setdefault(name, ([], []))[0].append(epoch)
+                curves[name][1].append(value)
+        if metrics["val.acc"] > best["val.acc"]:
+            state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
+            best.update(metrics, epoch=epoch, state=state)
+
+    def save_checkpoint():
+        if "state" not in best:
+            return
+        checkpoint = {"model_state": best["state"], "model_config": model_description(_config),
+                      "epoch": best["epoch"], "val_acc": best["val.acc"], "dataset": _config["dataset"]}
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(checkpoint, Path(tmp) / CHECKPOINT)
+            _run.add_artifact(str(Path(tmp) / CHECKPOINT), CHECKPOINT)
+
+    try:
+        final = fsm_train.train(model, train_split, val_split, train_settings(), device, on_epoch)
+    except BaseException:  # interrupted or failed: keep the best model so far
+        save_checkpoint()
+        raise
+    save_checkpoint()
+
+    result = dict(reference)
+    for name in ("train.acc", "train.loss", "val.acc", "val.loss", "val.first_acc", "val.repeat_acc",
+                 "val.nontrivial_acc"):
+        result["final_" + name.replace(".", "_")] = finite_or_none(final.get(name, math.nan))
+    result["final_val_icl_acc"] = [finite_or_none(final.get(f"val.icl_acc.{k}", math.nan))
+                                   for k in range(_config["max_repeats"] + 1)]
+    result["best_val_acc"] = best["val.acc"] if "state" in best else None
+    result["best_epoch"] = best.get("epoch")
+    if probe_epochs and "state" in best:
+        model.load_state_dict(best["state"])
+        result.update(run_probes(model=model, train_split=train_split, val_split=val_split, device=device))
+    _run.info.update({key: value for key, value in result.items() if not key.startswith("probe_")})
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        title = f"{_config['model']} d={_config['d_model']} L={_config['num_layers']} on {_config['dataset']}"
+        _run.add_artifact(figures.save(fsm_figures.epoch_curves(curves, reference["chance"], reference["ceiling"],
+                                                                title), tmp / "accuracy.png"), "accuracy.png")
+        if epochs:
+            icl = result["final_val_icl_acc"]
+            repeats = [k for k, value in enumerate(icl) if value is not None]
+            series = {"validation": (repeats, [icl[k] for k in repeats], None)}
+            _run.add_artifact(figures.save(fsm_figures.icl_curve_figure(series, reference["chance"], title),
+                                           tmp / "in_context_curve.png"), "in_context_curve.png")
+
+    print(f"run {_run._id}: {observers.describe(_run)}")
+    if epochs:
+        print(f"final validation accuracy {result['final_val_acc']:.3f} (first occurrences "
+              f"{result['final_val_first_acc']:.3f}, repeats {result['final_val_repeat_acc']}); best "
+              f"{result['best_val_acc']:.3f} at epoch {result['best_epoch']}")
+    return result

@@ -1,0 +1,99 @@
+"""The FSM aggregate: intervals, grouping by configuration (curriculum stages apart), the
+hypotheses table, and the notebook executed against runs recorded in a temporary directory."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import fsm
+from conftest import REPO
+
+
+def test_mean_interval_is_the_t_interval():
+    stats = fsm.mean_interval([0.5, 0.6, 0.7, None, float("nan")])  # missing values are not zeros
+    assert stats["n"] == 3 and stats["mean"] == pytest.approx(0.6)
+    assert stats["std"] == pytest.approx(0.1)
+    assert stats["ci95"] == pytest.approx(4.303 * 0.1 / np.sqrt(3))
+    assert fsm.mean_interval([0.4])["n"] == 1 and np.isnan(fsm.mean_interval([0.4])["ci95"])
+    assert fsm.mean_interval([])["n"] == 0
+
+
+def synthetic_runs(values: dict) -> pd.DataFrame:
+    """A load()-shaped table: configuration -> list of repeat accuracies (one per seed)."""
+    rows = []
+    for configuration, accuracies in values.items():
+        name, dataset = configuration.split(" ")[:2]
+        after = configuration.split(" after ")[1] if " after " in configuration else None
+        for seed, accuracy in enumerate(accuracies):
+            rows.append({"run": len(rows) + 1, "configuration": configuration, "model": name, "d_model": 1,
+                         "num_layers": 1, "dataset": dataset, "n_transitions": 32, "train_sequences": 100,
+                         "epochs": 10, "init_from_dataset": after, "seed": seed, "chance": 0.2,
+                         "final_val_acc": accuracy, "final_val_repeat_acc": accuracy,
+                         "final_val_icl_acc": [0.2, accuracy, accuracy + 0.05]})
+    return pd.DataFrame(rows)
+
+
+def test_hypotheses_verdicts_follow_the_intervals():
+    runs = synthetic_runs({"lstm 5s5a": [0.90, 0.92, 0.91], "deep_rnn 5s5a": [0.30, 0.31, 0.29],
+                           "small_lstm 5s5a": [0.5, 0.7, 0.6], "vanilla_rnn 5s5a": [0.55, 0.65, 0.6],
+                           "transformer 5s5a": [0.2, 0.21, 0.22]})
+    table = fsm.hypotheses(runs).set_index("claim")
+    verdicts = dict(zip(table["hypothesis"] + ": " + table.index, table["verdict"]))
+    fairness = table.loc[table["hypothesis"] == "1 parameter fairness"].iloc[0]
+    assert fairness["verdict"] == "supported" and fairness["difference"] == pytest.approx(0.61)
+    assert "lstm 5s5a (10 epochs): 0.910 ± 0.025 (n=3)" == fairness["A"]
+    architecture = table[table.index.str.startswith("gating")].iloc[0]
+    assert architecture["verdict"] == "inconclusive"  # 0.6 vs 0.6 with wide intervals
+    attention = table[table.index.str.startswith("attention")].iloc[0]
+    assert attention["verdict"] == "contradicted"  # the transformer is worse here
+    assert [v for k, v in verdicts.items() if k.startswith(("4", "5"))] == ["no runs"] * 3
+
+
+def test_aggregate_and_curves_keep_curriculum_stages_apart():
+    runs = synthetic_runs({"small_lstm 5s5a": [0.5, 0.6], "small_lstm 5s5a after easy": [0.7, 0.8]})
+    longer = synthetic_runs({"small_lstm 5s5a": [0.55]}).assign(epochs=20, run=99)  # the control's budget
+    aggregated = fsm.aggregate(runs, metrics=["final_val_acc"]).set_index("configuration")
+    assert aggregated.loc["small_lstm 5s5a after easy", "final_val_acc_mean"] == pytest.approx(0.75)
+    assert aggregated.loc["small_lstm 5s5a", "runs"] == [1, 2]
+    curves = fsm.icl_curves(runs)
+    after = curves[curves["configuration"] == "small_lstm 5s5a after easy"]
+    assert after["mean"].tolist() == pytest.approx([0.2, 0.75, 0.80])
+    curriculum = fsm.hypotheses(runs).iloc[-1]
+    assert curriculum["hypothesis"] == "5 curriculum" and curriculum["difference"] == pytest.approx(0.2)
+    # with a longer from-scratch control stored, the curriculum is compared with it, and the
+    # other hypotheses stay at the plan's budget (10 epochs)
+    both = pd.concat([runs, longer], ignore_index=True)
+    labels = set(fsm.icl_curves(both)["label"])  # the two budgets' curves are not pooled
+    assert labels == {"small_lstm 5s5a after easy", "small_lstm 5s5a [T=32, N=100, 10 epochs]",
+                      "small_lstm 5s5a [T=32, N=100, 20 epochs]"}
+    table = fsm.hypotheses(both)
+    assert table.iloc[-1]["B"] == "small_lstm 5s5a (20 epochs): 0.550 (n=1)"
+    assert table.iloc[-1]["difference"] == pytest.approx(0.2)
+    assert table.iloc[2]["B"].startswith("small_lstm 5s5a (10 epochs)")
+
+
+def test_the_notebook_answers_from_runs_in_a_temporary_directory(tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    from experiments.fsm_icl import ex
+
+    tiny = {"n_transitions": 12, "train_sequences": 48, "val_sequences": 32, "eval_sequences": 0, "epochs": 1,
+            "batch_size": 16, "data_dir": str(tmp_path / "data"), "probe_epochs": 1, "probe_sequences": 8}
+    for seed in range(2):
+        for named in ("small_lstm_5s5a", "vanilla_rnn_5s5a"):
+            ex.run(named_configs=[named], config_updates={**tiny, "seed": seed})
+    runs = fsm.load(os.environ["TOYLAB_RUNS_DIR"])
+    assert sorted(set(runs["configuration"])) == ["small_lstm 5s5a", "vanilla_rnn 5s5a"]
+
+    notebook = nbformat.read(REPO / "notebooks" / "fsm_icl.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=120, resources={"metadata": {"path": str(REPO)}}).execute()
+    text = "\n".join(str(output.get("text", "")) + str(output.get("data", {}).get("text/plain", ""))
+                     for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs)
+    assert "4 completed training runs" in text
+    assert "small_lstm 5s5a (1 epochs): " in text and "(n=2)" in text  # the hypothesis row with its interval
+    assert "parameter fairness" in text and "no runs" in text  # the rows without runs say so
+    assert not any(output.get("output_type") == "error" for cell in notebook.cells if cell.cell_type == "code"
+                   for output in cell.outputs)
