@@ -376,7 +376,8 @@ def main(_run, _config, kind, init_from, epochs, probe_epochs, n_states, device,
             _run.add_artifact(str(Path(tmp) / CHECKPOINT), CHECKPOINT)
 
     try:
-        final = fsm_train.train(model, train_split, val_split, train_settings(), device, on_epoch)
+        final = fsm_train.train(model, train_split, val_split, train_settings(), device, on_epoch,
+                                progress=observers.on_terminal())
     except BaseException:  # interrupted or failed: keep the best model so far
         save_checkpoint()
         raise

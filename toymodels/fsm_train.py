@@ -16,7 +16,6 @@ table entry seen so far in the sequence (S + 1 classes: the S states or "not see
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -84,15 +83,16 @@ def evaluate(model: nn.Module, split: Split, batch_size: int, max_repeats: int, 
 
 
 def train(model: nn.Module, train_split: Split, val_split: Split, settings: TrainSettings, device: torch.device,
-          on_epoch: Callable[[int, dict], None], start_epoch: int = 0) -> dict:
+          on_epoch: Callable[[int, dict], None], start_epoch: int = 0, progress: Optional[bool] = None) -> dict:
     """Train for ``settings.epochs`` epochs; ``on_epoch(epoch, metrics)`` receives
-    ``train.*`` and ``val.*`` metrics after each. Returns the last epoch's metrics."""
+    ``train.*`` and ``val.*`` metrics after each. Returns the last epoch's metrics.
+    ``progress``: draw a bar over epochs (None: only when stderr is a terminal)."""
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     generator = torch.Generator().manual_seed(settings.seed)
     metrics: dict = {}
     for epoch in tqdm(range(start_epoch, start_epoch + settings.epochs), desc="epochs", leave=False,
-                      disable=not sys.stderr.isatty()):
+                      disable=None if progress is None else not progress):
         order = torch.randperm(len(train_split), generator=generator)
         for start in range(0, len(order), settings.batch_size):
             batch = order[start:start + settings.batch_size]
