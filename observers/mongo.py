@@ -155,7 +155,7 @@ class ResilientMongoObserver(RunObserver):
             return self.run_id
         except Exception as error:  # noqa: BLE001 - any failure here means: record locally
             self.last_error = f"{type(error).__name__}: {error}"
-            self._file = FileStorageObserver(str(self.fallback_root))
+            self._file = observers.AtomicFileStorageObserver(str(self.fallback_root))
             run_id = self._file.started_event(ex_info, command, host_info, start_time, config,
                                               self._fallback_meta(meta_info, "unreachable at start"), None)
             self.fallback_run_dir = Path(self._file.dir)
@@ -412,7 +412,7 @@ class ResilientMongoObserver(RunObserver):
         """The complete run as a Sacred file-storage run dir under the fallback root."""
         s = self._start
         reason = f"MongoDB unreachable at the end of the run (waited {waited:.1f} s)"
-        observer = FileStorageObserver(str(self.fallback_root))
+        observer = observers.AtomicFileStorageObserver(str(self.fallback_root))
         observer.started_event(copy.deepcopy(s["ex_info"]), s["command"], s["host_info"], s["start_time"],
                                s["config"], self._fallback_meta(s["meta_info"], reason), None)
         with self._state_lock:

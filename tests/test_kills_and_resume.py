@@ -96,3 +96,25 @@ def test_sigkill_leaves_running_and_the_analysis_reports_dead(tmp_path):
     table = analysis.runs_table(str(runs), dead_after=1)
     assert table[["status", "recorded_status"]].values.tolist() == [["DEAD", "RUNNING"]]
     assert len(analysis.metrics_table(str(runs), metric="train.loss")) > 0
+
+
+def test_a_write_killed_half_way_leaves_the_previous_metrics_file_whole(tmp_path, monkeypatch):
+    """Injected: the process dies (here: an exception) in the middle of rewriting metrics.json,
+    as a SIGKILL during a heartbeat does. Sacred's own observer leaves a truncated file that
+    loses every point; Toylab's keeps the previous complete file and leaves no stray file."""
+    import observers
+
+    observer = observers.AtomicFileStorageObserver(str(tmp_path))
+    observer.dir = str(tmp_path)
+    observer.save_json({"train.loss": {"steps": [0, 1], "values": [1.0, 0.5]}}, "metrics.json")
+
+    def dump_half_then_die(obj, f, **kwargs):
+        f.write('{"train.loss": {"steps": [0, 1, 2')
+        raise KeyboardInterrupt  # stands in for the kill
+
+    monkeypatch.setattr(json, "dump", dump_half_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        observer.save_json({"train.loss": {"steps": [0, 1, 2], "values": [1.0, 0.5, 0.2]}}, "metrics.json")
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "metrics.json").read_text())["train.loss"]["steps"] == [0, 1]
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
