@@ -1,0 +1,214 @@
+"""Regression vs flow matching (experiments/flow_vs_regression.py): one run's figures, and
+the comparison of paradigms across seeds from stored runs.
+
+    table = paradigm_table("runs")                       # one row per completed run, with a paradigm label
+    summarise(table, ["kind", "paradigm", "dataset.num_train"], ["final_eval_l2"])
+    paired_difference(table, "final_eval_l2", "regression", "flow (gaussian)")
+    integration_table("runs")                            # eval L2 against integration steps, Euler and RK4
+
+Intervals are 95% Student-t intervals of the mean over seeds (n - 1 degrees of freedom).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from analysis.figures import plt, save
+from analysis.runs import metrics_table, runs_table
+
+__all__ = ["EXPERIMENT", "mean_ci", "paradigm_table", "summarise", "paired_difference", "integration_table",
+           "plot_against_samples", "save"]
+
+EXPERIMENT = "flow_vs_regression"
+# Two-sided 95% quantiles of Student's t by degrees of freedom (no SciPy dependency);
+# above 30 degrees of freedom the normal 1.96 is within 2%.
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+         20: 2.086, 25: 2.060, 30: 2.042}
+
+
+def t_quantile(dof: int) -> float:
+    if dof in T_975:
+        return T_975[dof]
+    below = max(k for k in T_975 if k <= dof) if dof < 30 else None
+    return T_975[below] if below else 1.96
+
+
+def mean_ci(values) -> tuple[float, float, int]:
+    """(mean, 95% half-width, n) of the finite values; half-width NaN below two values."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return math.nan, math.nan, 0
+    if len(x) == 1:
+        return float(x[0]), math.nan, 1
+    return float(x.mean()), t_quantile(len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x)), len(x)
+
+
+def _paradigm(row) -> str:
+    if row.get("mode") == "regression":
+        return "regression"
+    return f"flow ({row.get('training.initial_dist')})"
+
+
+def paradigm_table(source, **config_filters) -> pd.DataFrame:
+    """The completed runs of the experiment (``analysis.runs_table``) with a ``paradigm``
+    column: "regression", "flow (zeros)" or "flow (gaussian)"."""
+    table = runs_table(source, experiment=EXPERIMENT, **config_filters)
+    if table.empty:
+        return table.assign(paradigm=pd.Series(dtype="object"))
+    table = table[table["status"] == "COMPLETED"].reset_index(drop=True)
+    table["paradigm"] = [_paradigm(row) for row in table.to_dict("records")]
+    return table
+
+
+def summarise(table: pd.DataFrame, by: list, metrics: list) -> pd.DataFrame:
+    """Per group of ``by``: for each metric its mean, 95% interval (low, high) and n."""
+    rows = []
+    for key, group in table.groupby(by, sort=True):
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        for metric in metrics:
+            mean, half, n = mean_ci(group[metric])
+            row.update({f"{metric}.mean": mean, f"{metric}.low": mean - half, f"{metric}.high": mean + half,
+                        f"{metric}.n": n})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_difference(table: pd.DataFrame, metric: str, first: str, second: str,
+                      by: tuple = ("kind", "dataset.num_train", "network.architecture")) -> pd.DataFrame:
+    """metric(first) - metric(second) for runs of the two paradigms that share the seed
+    (hence the target function and training conditions) and ``by``: columns difference.mean,
+    .low, .high, .n per group. The pairing removes the spread between target functions."""
+    by = [column for column in by if column in table.columns] or ["kind"]
+    keys = by + ["seed"]
+    a = table[table["paradigm"] == first].set_index(keys)[metric]
+    b = table[table["paradigm"] == second].set_index(keys)[metric]
+    joined = pd.concat({"first": a, "second": b}, axis=1, join="inner").reset_index()
+    joined["difference"] = joined["first"] - joined["second"]
+    return summarise(joined, by, ["difference"])
+
+
+def integration_table(source, **config_filters) -> pd.DataFrame:
+    """Flow runs' eval L2 of the final model against integration steps: columns run,
+    method, num_steps, l2 and the runs' kind, paradigm, seed, dataset.num_train."""
+    runs = paradigm_table(source, mode="flow", **config_filters)
+    points = metrics_table(source, metric=[f"integration.{m}.eval.l2" for m in ("euler", "rk4")],
+                           experiment=EXPERIMENT)
+    if runs.empty or points.empty:
+        return pd.DataFrame(columns=["run", "method", "num_steps", "l2", "kind", "paradigm", "seed"])
+    points = points.assign(method=points["metric"].str.split(".").str[1], num_steps=points["step"],
+                           l2=points["value"])[["run", "method", "num_steps", "l2"]]
+    columns = [c for c in ("run", "kind", "paradigm", "seed", "dataset.num_train", "network.architecture")
+               if c in runs.columns]
+    return points.merge(runs[columns], on="run")
+
+
+def plot_against_samples(summary: pd.DataFrame, metric: str, ylabel: str, title: str = "", log: bool = True,
+                         x: str = "dataset.num_train"):
+    """One line per paradigm: the mean of ``metric`` against the number of training
+    samples with its 95% interval as a band (from ``summarise``)."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.8), dpi=110)
+    for paradigm, group in summary.groupby("paradigm"):
+        group = group.sort_values(x)
+        ax.plot(group[x], group[f"{metric}.mean"], "o-", label=paradigm)
+        ax.fill_between(group[x], group[f"{metric}.low"], group[f"{metric}.high"], alpha=0.2)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xscale("log")
+    ax.set_xlabel("training samples")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- one run's figures
+def training_curves(curves: dict, title: str = ""):
+    """train.loss and the train/eval L2 against epochs (log y)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for name, style in (("train.loss", "-"), ("train.l2", "--"), ("eval.l2", "-")):
+        if name in curves:
+            epochs, values = curves[name]
+            ax.plot(np.asarray(epochs) + 1, np.maximum(values, 1e-12), style, label=name, lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def predictions(dataset, prediction, title: str = "", max_dims: int = 3):
+    """Prediction and truth over c (first coordinate), training points marked; one panel
+    per output dimension (the first ``max_dims``)."""
+    dims = min(dataset.dim, max_dims)
+    fig, axes = plt.subplots(dims, 1, figsize=(6.4, 2.2 * dims + 0.6), dpi=110, sharex=True, squeeze=False)
+    order = np.argsort(dataset.eval_c[:, 0].numpy())
+    c = dataset.eval_c[order, 0].numpy()
+    for d, ax in enumerate(axes[:, 0]):
+        ax.plot(c, dataset.eval_y[order, d].numpy(), color="black", lw=1, label="truth")
+        ax.plot(c, prediction[order, d].numpy(), color="tab:red", lw=1, label="prediction")
+        ax.plot(dataset.train_c[:, 0].numpy(), dataset.train_y[:, d].numpy(), "o", ms=3, color="tab:blue",
+                label="training points")
+        ax.set_ylabel(f"output {d}")
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[0, 0].set_title(title, fontsize=9)
+    axes[-1, 0].set_xlabel("c" if dataset.condition_dim == 1 else "c[0]")
+    fig.tight_layout()
+    return fig
+
+
+def error_distribution(dataset, prediction, title: str = ""):
+    """Histogram of log10 of the per-point squared error on the evaluation set."""
+    error = (prediction - dataset.eval_y).pow(2).mean(-1).double().clamp_min(1e-12).log10().numpy()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    ax.hist(error, bins=40, color="tab:gray")
+    ax.set_xlabel("log10 squared error per evaluation point (mean over coordinates)")
+    ax.set_ylabel("points")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def integration(by_method: dict, title: str = ""):
+    """Eval L2 against integration steps, one line per method ({method: {steps: l2}})."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.6), dpi=110)
+    for method, by_steps in by_method.items():
+        steps = sorted(by_steps)
+        ax.plot(steps, [by_steps[k] for k in steps], "o-", label=method)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("integration steps")
+    ax.set_ylabel("eval L2")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def subspace(dataset, prediction, title: str = ""):
+    """Projection task: predictions in the coordinates of the true subspace (left) and the
+    norm of their component off it against c (right); the truth has none off it."""
+    basis = dataset.target.basis
+    inside, truth = prediction @ basis, dataset.eval_y @ basis
+    off = (prediction - prediction @ basis @ basis.T).norm(dim=-1)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.8), dpi=110)
+    left.plot(truth[:, 0].numpy(), truth[:, 1 % basis.shape[1]].numpy(), color="black", lw=1, label="truth")
+    left.plot(inside[:, 0].numpy(), inside[:, 1 % basis.shape[1]].numpy(), ".", ms=2, color="tab:red",
+              label="prediction")
+    left.set_xlabel("u1 . y")
+    left.set_ylabel("u2 . y")
+    left.legend(fontsize=7)
+    left.set_title("on the subspace", fontsize=9)
+    order = np.argsort(dataset.eval_c[:, 0].numpy())
+    right.plot(dataset.eval_c[order, 0].numpy(), off[order].numpy(), color="tab:red", lw=1)
+    right.set_xlabel("c" if dataset.condition_dim == 1 else "c[0]")
+    right.set_ylabel("||(I - U U^T) prediction||")
+    right.set_title("off the subspace", fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
