@@ -114,14 +114,21 @@ def plot_against_samples(summary: pd.DataFrame, metric: str, ylabel: str, title:
     for paradigm, group in summary.groupby("paradigm"):
         group = group.sort_values(x)
         ax.plot(group[x], group[f"{metric}.mean"], "o-", label=paradigm)
-        ax.fill_between(group[x], group[f"{metric}.low"], group[f"{metric}.high"], alpha=0.2)
-    if log:
-        ax.set_yscale("log")
+        low = group[f"{metric}.low"].clip(lower=group[f"{metric}.mean"] / 100) if log else group[f"{metric}.low"]
+        ax.fill_between(group[x], low, group[f"{metric}.high"], alpha=0.2)  # a log axis cannot show <= 0
     ax.set_xscale("log")
-    ax.set_xlabel("training samples")
+    return _finish(fig, ax, "training samples", ylabel, title, log_y=log)
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, log_y: bool = True):
+    """Labels, title, legend (when something is labelled) and layout of a one-axes figure."""
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -134,12 +141,7 @@ def training_curves(curves: dict, title: str = ""):
         if name in curves:
             epochs, values = curves[name]
             ax.plot(np.asarray(epochs) + 1, np.maximum(values, 1e-12), style, label=name, lw=1)
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "epoch", "loss / MSE", title)
 
 
 def predictions(dataset, prediction, title: str = "", max_dims: int = 3):
@@ -167,11 +169,8 @@ def error_distribution(dataset, prediction, title: str = ""):
     error = (prediction - dataset.eval_y).pow(2).mean(-1).double().clamp_min(1e-12).log10().numpy()
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
     ax.hist(error, bins=40, color="tab:gray")
-    ax.set_xlabel("log10 squared error per evaluation point (mean over coordinates)")
-    ax.set_ylabel("points")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "log10 squared error per evaluation point (mean over coordinates)", "points", title,
+                   log_y=False)
 
 
 def integration(by_method: dict, title: str = ""):
@@ -181,13 +180,7 @@ def integration(by_method: dict, title: str = ""):
         steps = sorted(by_steps)
         ax.plot(steps, [by_steps[k] for k in steps], "o-", label=method)
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("integration steps")
-    ax.set_ylabel("eval L2")
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "integration steps", "eval MSE", title)
 
 
 def subspace(dataset, prediction, title: str = ""):

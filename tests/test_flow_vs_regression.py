@@ -109,6 +109,25 @@ def test_model_output_shapes_and_conditioning(architecture):
         assert fr.predict(model, c, "flow", num_steps=3, method="rk4").shape == (5, dim)
 
 
+def test_training_loop_cadences_and_best_checkpoint():
+    dataset = fr.make_dataset("recon", 12, 30, 1, 1, 2, "uniform", "random", 3, 8, 2, seed=0)
+    model = fr.make_model("concat", 1, 1, 16, 2, "tanh")
+    settings = fr.TrainSettings("flow", batch_size=5, num_epochs=9, log_interval=2, eval_interval=4,
+                                initial_dist="gaussian", num_eval_steps=2)
+    logged, saved = [], []
+    outcome = fr.train(model, dataset, settings, 0, on_log=lambda epoch, m: logged.append((epoch, sorted(m))),
+                       on_save=lambda o: saved.append(o.best_epoch), save_interval=3, progress=False)
+    assert outcome.steps == 9 * 3  # batches of 5, 5 and 2 per epoch
+    assert [e for e, names in logged if "train.loss" in names] == [1, 3, 5, 7, 8]
+    assert [e for e, names in logged if "eval.l2" in names] == [3, 7, 8]
+    assert saved == [-1, 3]  # after epochs 3 and 6 (not the last: the run saves at its end)
+    assert outcome.best["eval.l2"] == min(m for m in (outcome.best["eval.l2"], outcome.final["eval.l2"]))
+    best = fr.make_model("concat", 1, 1, 16, 2, "tanh")
+    best.load_state_dict(outcome.best_state)
+    again = fr.Evaluator(dataset, settings, 0).metrics(best)
+    assert again["eval.l2"] == pytest.approx(outcome.best["eval.l2"], rel=1e-5)
+
+
 # ----------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
