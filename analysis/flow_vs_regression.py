@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import torch
 
 from analysis.figures import plt, save
 from analysis.runs import metrics_table, runs_table
@@ -65,14 +66,15 @@ def paradigm_table(source, **config_filters) -> pd.DataFrame:
 
 
 def summarise(table: pd.DataFrame, by: list, metrics: list) -> pd.DataFrame:
-    """Per group of ``by``: for each metric its mean, 95% interval (low, high) and n."""
+    """Per group of ``by``: for each metric its mean, 95% interval (low, high) and n over
+    the finite values, and ``nonfinite``: how many runs had inf or NaN (a diverged flow)."""
     rows = []
     for key, group in table.groupby(by, sort=True):
         row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
         for metric in metrics:
             mean, half, n = mean_ci(group[metric])
             row.update({f"{metric}.mean": mean, f"{metric}.low": mean - half, f"{metric}.high": mean + half,
-                        f"{metric}.n": n})
+                        f"{metric}.n": n, f"{metric}.nonfinite": len(group) - n})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -157,20 +159,40 @@ def predictions(dataset, prediction, title: str = "", max_dims: int = 3):
         ax.plot(dataset.train_c[:, 0].numpy(), dataset.train_y[:, d].numpy(), "o", ms=3, color="tab:blue",
                 label="training points")
         ax.set_ylabel(f"output {d}")
+        _truth_limits(ax, dataset.eval_y[:, d].numpy())
     axes[0, 0].legend(fontsize=7, loc="upper right")
-    axes[0, 0].set_title(title, fontsize=9)
+    axes[0, 0].set_title(title + _diverged_note(prediction), fontsize=9)
     axes[-1, 0].set_xlabel("c" if dataset.condition_dim == 1 else "c[0]")
     fig.tight_layout()
     return fig
 
 
+def _finite_rows(values: torch.Tensor) -> torch.Tensor:
+    return torch.isfinite(values).all(-1) if values.dim() > 1 else torch.isfinite(values)
+
+
+def _diverged_note(prediction) -> str:
+    """Flow integration can blow up (a stiff learned field): say how many points did."""
+    bad = int((~_finite_rows(prediction)).sum())
+    return f" ({bad} of {len(prediction)} predictions not finite)" if bad else ""
+
+
+def _truth_limits(ax, truth: np.ndarray):
+    """Keep the truth readable when predictions diverge: the y range of the truth, padded."""
+    low, high = float(np.min(truth)), float(np.max(truth))
+    pad = 0.5 * (high - low) + 1e-6
+    ax.set_ylim(max(ax.get_ylim()[0], low - pad), min(ax.get_ylim()[1], high + pad))
+
+
 def error_distribution(dataset, prediction, title: str = ""):
-    """Histogram of log10 of the per-point squared error on the evaluation set."""
-    error = (prediction - dataset.eval_y).pow(2).mean(-1).double().clamp_min(1e-12).log10().numpy()
+    """Histogram of log10 of the per-point squared error on the evaluation set (finite
+    errors only; the title counts the others)."""
+    error = (prediction - dataset.eval_y).double().pow(2).mean(-1)
+    finite = error[torch.isfinite(error)].clamp_min(1e-12).log10().numpy()
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
-    ax.hist(error, bins=40, color="tab:gray")
-    return _finish(fig, ax, "log10 squared error per evaluation point (mean over coordinates)", "points", title,
-                   log_y=False)
+    ax.hist(finite, bins=40, color="tab:gray")
+    return _finish(fig, ax, "log10 squared error per evaluation point (mean over coordinates)", "points",
+                   title + _diverged_note(prediction), log_y=False)
 
 
 def integration(by_method: dict, title: str = ""):
@@ -185,23 +207,29 @@ def integration(by_method: dict, title: str = ""):
 
 def subspace(dataset, prediction, title: str = ""):
     """Projection task: predictions in the coordinates of the true subspace (left) and the
-    norm of their component off it against c (right); the truth has none off it."""
-    basis = dataset.target.basis
+    norm of their component off it against c (right); the truth has none off it.
+    Non-finite predictions (a diverged integration) are left out and counted in the title."""
+    basis, kept = dataset.target.basis, _finite_rows(prediction)
+    note = _diverged_note(prediction)
+    prediction, c = prediction[kept], dataset.eval_c[kept, 0]
     inside, truth = prediction @ basis, dataset.eval_y @ basis
     off = (prediction - prediction @ basis @ basis.T).norm(dim=-1)
+    second = 1 % basis.shape[1]  # a one-dimensional subspace is drawn against itself
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.8), dpi=110)
-    left.plot(truth[:, 0].numpy(), truth[:, 1 % basis.shape[1]].numpy(), color="black", lw=1, label="truth")
-    left.plot(inside[:, 0].numpy(), inside[:, 1 % basis.shape[1]].numpy(), ".", ms=2, color="tab:red",
-              label="prediction")
+    left.plot(truth[:, 0].numpy(), truth[:, second].numpy(), color="black", lw=1, label="truth")
+    left.plot(inside[:, 0].numpy(), inside[:, second].numpy(), ".", ms=2, color="tab:red", label="prediction")
+    scale = 2 * float(truth.abs().max()) + 1e-6  # diverged predictions would hide the truth
+    left.set_xlim(-scale, scale)
+    left.set_ylim(-scale, scale)
     left.set_xlabel("u1 . y")
     left.set_ylabel("u2 . y")
     left.legend(fontsize=7)
     left.set_title("on the subspace", fontsize=9)
-    order = np.argsort(dataset.eval_c[:, 0].numpy())
-    right.plot(dataset.eval_c[order, 0].numpy(), off[order].numpy(), color="tab:red", lw=1)
+    order = np.argsort(c.numpy())
+    right.plot(c[order].numpy(), off[order].numpy(), color="tab:red", lw=1)
     right.set_xlabel("c" if dataset.condition_dim == 1 else "c[0]")
     right.set_ylabel("||(I - U U^T) prediction||")
     right.set_title("off the subspace", fontsize=9)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title + note, fontsize=9)
     fig.tight_layout()
     return fig

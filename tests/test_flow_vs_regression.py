@@ -67,6 +67,22 @@ def test_subspace_metrics_of_known_configurations():
     assert torch.all((mixed > 0) & (mixed < 1))
 
 
+def test_a_diverged_flow_is_measured_and_drawn_not_a_crash():
+    """Integrating a stiff learned field from x0 = 0 can overflow (seen in proj, flow from
+    zeros): metrics become inf/NaN, figures leave those points out and say so."""
+    data = fr.make_dataset("proj", 10, 60, 1, 1, 3, "uniform", "grid", 7, 8, 2, seed=3)
+    prediction = data.eval_y.clone()
+    prediction[:5], prediction[5:8], prediction[8] = float("inf"), 1e20, float("nan")
+    assert all(math.isnan(v) for v in fr.subspace_metrics(prediction, data.target.basis).values())
+    assert not math.isfinite(fr.errors(prediction, data.eval_y)["l2"])
+    assert math.isinf(fr.errors(prediction[5:8], data.eval_y[5:8])["l2"]) is False  # float64: no overflow
+    for draw in (fvr.predictions, fvr.error_distribution, fvr.subspace):
+        fig = draw(data, prediction, "diverged")
+        assert "6 of 60 predictions not finite" in " ".join(t.get_text() for t in fig.findobj(
+            lambda a: hasattr(a, "get_text")))
+        fvr.plt.close(fig)
+
+
 def test_euler_is_first_order_and_rk4_fourth_order_on_a_known_ode():
     # dx/dt = x cos(t), x(0) = x0: x(1) = x0 exp(sin 1); t enters the field, as in flow matching
     x0 = torch.tensor([[1.0], [-2.0]], dtype=torch.float64)

@@ -278,8 +278,9 @@ def model_dim(model: nn.Module) -> int:
 
 # ----------------------------------------------------------------------------- metrics
 def errors(prediction: torch.Tensor, truth: torch.Tensor) -> dict:
-    """l1: mean absolute error, l2: mean squared error (both per coordinate)."""
-    error = prediction - truth
+    """l1: mean absolute error, l2: mean squared error (both per coordinate; inf or NaN
+    when the prediction diverged)."""
+    error = prediction.double() - truth.double()
     return {"l1": error.abs().mean().item(), "l2": error.pow(2).mean().item()}
 
 
@@ -298,9 +299,13 @@ def subspace_metrics(prediction: torch.Tensor, basis: torch.Tensor) -> dict:
     subspace_angle: the largest principal angle (degrees) between span(predictions) and
     span(U); subspace_alignment_error: mean sin^2 of the principal angles (0: same
     subspace, 1: orthogonal); in_subspace_variance: ||U U^T Y||^2 / ||Y||^2 over all
-    predictions Y, the share of their (uncentred) variance inside the subspace."""
-    angles = principal_angles(basis, prediction)
-    inside = prediction @ basis
+    predictions Y, the share of their (uncentred) variance inside the subspace.
+    All three are NaN when a prediction is not finite (a diverged flow integration)."""
+    if not torch.isfinite(prediction).all():
+        return dict.fromkeys(("subspace_angle", "subspace_alignment_error", "in_subspace_variance"), math.nan)
+    angles = principal_angles(basis, prediction.double())
+    prediction = prediction.double()  # squares of large (diverging) predictions overflow float32
+    inside = prediction @ basis.double()
     total = prediction.pow(2).sum().clamp_min(torch.finfo(prediction.dtype).tiny)
     return {"subspace_angle": math.degrees(angles.max().item()),
             "subspace_alignment_error": angles.sin().pow(2).mean().item(),
