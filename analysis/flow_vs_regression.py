@@ -7,6 +7,9 @@ the comparison of paradigms across seeds from stored runs.
     integration_table("runs")                            # eval L2 against integration steps, Euler and RK4
 
 Intervals are 95% Student-t intervals of the mean over seeds (n - 1 degrees of freedom).
+A run whose flow integration blew up (eval MSE not finite or above ``DIVERGED_L2``) is
+marked ``diverged``: summaries leave it out of means and intervals and count it instead,
+since one overflowed run (MSE ~1e40) would make any mean meaningless.
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ __all__ = ["EXPERIMENT", "mean_ci", "paradigm_table", "summarise", "paired_diffe
            "plot_against_samples", "save"]
 
 EXPERIMENT = "flow_vs_regression"
+# Targets are sums of sinusoids with weights summing to 1, so |f| <= 1 (and |P f| <= sqrt(8)):
+# an eval MSE above 10 means predictions off by more than 3 on average, i.e. diverged.
+DIVERGED_L2 = 10.0
 # Two-sided 95% quantiles of Student's t by degrees of freedom (no SciPy dependency);
 # above 30 degrees of freedom the normal 1.96 is within 2%.
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -62,19 +68,29 @@ def paradigm_table(source, **config_filters) -> pd.DataFrame:
         return table.assign(paradigm=pd.Series(dtype="object"))
     table = table[table["status"] == "COMPLETED"].reset_index(drop=True)
     table["paradigm"] = [_paradigm(row) for row in table.to_dict("records")]
+    table["diverged"] = diverged(table["final_eval_l2"])
     return table
 
 
+def diverged(l2: pd.Series) -> pd.Series:
+    """True where an eval MSE is not finite or above DIVERGED_L2."""
+    values = pd.to_numeric(l2, errors="coerce")
+    return ~np.isfinite(values) | (values > DIVERGED_L2)
+
+
 def summarise(table: pd.DataFrame, by: list, metrics: list) -> pd.DataFrame:
-    """Per group of ``by``: for each metric its mean, 95% interval (low, high) and n over
-    the finite values, and ``nonfinite``: how many runs had inf or NaN (a diverged flow)."""
+    """Per group of ``by``: ``diverged`` (runs left out, see the module docstring) and for
+    each metric the mean, 95% interval (low, high) and n of the other runs."""
     rows = []
     for key, group in table.groupby(by, sort=True):
         row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        if "diverged" in group.columns:
+            row["diverged"] = int(group["diverged"].sum())
+            group = group[~group["diverged"].astype(bool)]
         for metric in metrics:
             mean, half, n = mean_ci(group[metric])
             row.update({f"{metric}.mean": mean, f"{metric}.low": mean - half, f"{metric}.high": mean + half,
-                        f"{metric}.n": n, f"{metric}.nonfinite": len(group) - n})
+                        f"{metric}.n": n})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -83,26 +99,30 @@ def paired_difference(table: pd.DataFrame, metric: str, first: str, second: str,
                       by: tuple = ("kind", "dataset.num_train", "network.architecture")) -> pd.DataFrame:
     """metric(first) - metric(second) for runs of the two paradigms that share the seed
     (hence the target function and training conditions) and ``by``: columns difference.mean,
-    .low, .high, .n per group. The pairing removes the spread between target functions."""
+    .low, .high, .n per group and ``diverged`` (pairs left out). The pairing removes the
+    spread between target functions."""
     by = [column for column in by if column in table.columns] or ["kind"]
     keys = by + ["seed"]
-    a = table[table["paradigm"] == first].set_index(keys)[metric]
-    b = table[table["paradigm"] == second].set_index(keys)[metric]
-    joined = pd.concat({"first": a, "second": b}, axis=1, join="inner").reset_index()
-    joined["difference"] = joined["first"] - joined["second"]
+    a = table[table["paradigm"] == first].set_index(keys)[[metric, "diverged"]]
+    b = table[table["paradigm"] == second].set_index(keys)[[metric, "diverged"]]
+    joined = a.add_suffix(".first").join(b.add_suffix(".second"), how="inner").reset_index()
+    joined["difference"] = joined[f"{metric}.first"] - joined[f"{metric}.second"]
+    joined["diverged"] = joined["diverged.first"] | joined["diverged.second"]  # a pair with one diverged run
     return summarise(joined, by, ["difference"])
 
 
 def integration_table(source, **config_filters) -> pd.DataFrame:
     """Flow runs' eval L2 of the final model against integration steps: columns run,
-    method, num_steps, l2 and the runs' kind, paradigm, seed, dataset.num_train."""
+    method, num_steps, l2, diverged (of that point) and the runs' kind, paradigm, seed,
+    dataset.num_train, network.architecture."""
     runs = paradigm_table(source, mode="flow", **config_filters)
     points = metrics_table(source, metric=[f"integration.{m}.eval.l2" for m in ("euler", "rk4")],
                            experiment=EXPERIMENT)
     if runs.empty or points.empty:
         return pd.DataFrame(columns=["run", "method", "num_steps", "l2", "kind", "paradigm", "seed"])
     points = points.assign(method=points["metric"].str.split(".").str[1], num_steps=points["step"],
-                           l2=points["value"])[["run", "method", "num_steps", "l2"]]
+                           l2=points["value"], diverged=diverged(points["value"]))
+    points = points[["run", "method", "num_steps", "l2", "diverged"]]
     columns = [c for c in ("run", "kind", "paradigm", "seed", "dataset.num_train", "network.architecture")
                if c in runs.columns]
     return points.merge(runs[columns], on="run")

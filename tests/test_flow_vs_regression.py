@@ -319,14 +319,22 @@ def test_analysis_compares_paradigms_with_intervals(runs):
     table = fvr.paradigm_table(source)
     assert len(table) == len(runs) and set(table["paradigm"]) == {"regression", "flow (zeros)", "flow (gaussian)"}
     summary = fvr.summarise(table, ["kind", "paradigm"], ["final_eval_l2"])
-    assert len(summary) == 6 and (summary["final_eval_l2.n"] == len(SEEDS)).all()
+    assert len(summary) == 6 and (summary["final_eval_l2.n"] + summary["diverged"] == len(SEEDS)).all()
     for row in summary.to_dict("records"):
-        values = table[(table["kind"] == row["kind"]) & (table["paradigm"] == row["paradigm"])]["final_eval_l2"]
+        group = table[(table["kind"] == row["kind"]) & (table["paradigm"] == row["paradigm"]) & ~table["diverged"]]
+        values = group["final_eval_l2"]
+        if len(values) < 2:
+            continue
         assert row["final_eval_l2.mean"] == pytest.approx(values.mean())
         half = fvr.T_975[len(values) - 1] * values.std(ddof=1) / math.sqrt(len(values))
         assert row["final_eval_l2.high"] - row["final_eval_l2.mean"] == pytest.approx(half)
     paired = fvr.paired_difference(table, "final_eval_l2", "flow (gaussian)", "regression")
-    assert set(paired["kind"]) == set(KINDS) and (paired["difference.n"] == len(SEEDS)).all()
+    assert set(paired["kind"]) == set(KINDS) and (paired["difference.n"] + paired["diverged"] == len(SEEDS)).all()
+    # a diverged run (an overflowed integration) is counted, not averaged
+    blown = table.assign(final_eval_l2=table["final_eval_l2"].where(table["paradigm"] != "flow (zeros)", 1e40))
+    blown["diverged"] = fvr.diverged(blown["final_eval_l2"])
+    zeros = fvr.summarise(blown, ["kind", "paradigm"], ["final_eval_l2"]).query("paradigm == 'flow (zeros)'")
+    assert (zeros["diverged"] == len(SEEDS)).all() and (zeros["final_eval_l2.n"] == 0).all()
     integration = fvr.integration_table(source)
     assert set(integration["method"]) == {"euler", "rk4"} and set(integration["num_steps"]) == {1, 4, 16}
     assert set(integration["paradigm"]) == {"flow (zeros)", "flow (gaussian)"}
