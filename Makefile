@@ -31,6 +31,8 @@ bench: venv
 	$(PY) benchmarks/grokking_speed.py
 	$(PY) benchmarks/transformer_speed.py
 	$(PY) benchmarks/sweep_throughput.py
+	$(PY) benchmarks/fsm_speed.py
+	$(PY) benchmarks/flow_vs_regression_speed.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

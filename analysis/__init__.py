@@ -8,8 +8,8 @@ from analysis.sweeps import (aggregate, critical_fraction, critical_fraction_fig
 
 __all__ = ["aggregate", "critical_fraction", "critical_fraction_figure", "curves_over_seeds", "dof_probability",
            "load_runs", "mean_ci", "metrics_table", "phase_cells", "phase_diagram", "phase_table", "runs_table",
-           "summarise", "sweep_runs", "two_stage", "list_ops", "fsm"]
-_TOPICS = ("two_stage", "list_ops", "fsm")  # per-experiment aggregation, imported on first use (matplotlib, torch)
+           "summarise", "sweep_runs", "two_stage", "list_ops", "fsm", "flow_vs_regression"]
+_TOPICS = ("two_stage", "list_ops", "fsm", "flow_vs_regression")  # per-experiment aggregation, imported on first use (matplotlib, torch)
 
 
 def __getattr__(name):

@@ -1,0 +1,231 @@
+"""Regression vs flow matching (experiments/flow_vs_regression.py): one run's figures, and
+the comparison of paradigms across seeds from stored runs.
+
+    table = paradigm_table("runs")                       # one row per completed run, with a paradigm label
+    summarise(table, ["kind", "paradigm", "dataset.num_train"], ["final_eval_l2"])
+    paired_difference(table, "final_eval_l2", "regression", "flow (gaussian)")
+    integration_table("runs")                            # eval L2 against integration steps, Euler and RK4
+
+Intervals are 95% Student-t intervals of the mean over seeds (n - 1 degrees of freedom).
+A run whose flow integration blew up (eval MSE not finite or above ``DIVERGED_L2``) is
+marked ``diverged``: summaries leave it out of means and intervals and count it instead,
+since one overflowed run (MSE ~1e40) would make any mean meaningless.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from analysis.figures import plt, save
+from analysis.intervals import mean_ci
+from analysis.runs import metrics_table, runs_table
+
+__all__ = ["EXPERIMENT", "mean_ci", "paradigm_table", "summarise", "paired_difference", "integration_table",
+           "plot_against_samples", "save"]
+
+EXPERIMENT = "flow_vs_regression"
+# Targets are sums of sinusoids with weights summing to 1, so |f| <= 1 (and |P f| <= sqrt(8)):
+# an eval MSE above 10 means predictions off by more than 3 on average, i.e. diverged.
+DIVERGED_L2 = 10.0
+
+
+def _paradigm(row) -> str:
+    if row.get("mode") == "regression":
+        return "regression"
+    return f"flow ({row.get('training.initial_dist')})"
+
+
+def paradigm_table(source, **config_filters) -> pd.DataFrame:
+    """The completed runs of the experiment (``analysis.runs_table``) with a ``paradigm``
+    column: "regression", "flow (zeros)" or "flow (gaussian)"."""
+    table = runs_table(source, experiment=EXPERIMENT, **config_filters)
+    if table.empty:
+        return table.assign(paradigm=pd.Series(dtype="object"))
+    table = table[table["status"] == "COMPLETED"].reset_index(drop=True)
+    table["paradigm"] = [_paradigm(row) for row in table.to_dict("records")]
+    table["diverged"] = diverged(table["final_eval_l2"])
+    return table
+
+
+def diverged(l2: pd.Series) -> pd.Series:
+    """True where an eval MSE is not finite or above DIVERGED_L2."""
+    values = pd.to_numeric(l2, errors="coerce")
+    return ~np.isfinite(values) | (values > DIVERGED_L2)
+
+
+def summarise(table: pd.DataFrame, by: list, metrics: list) -> pd.DataFrame:
+    """Per group of ``by``: ``diverged`` (runs left out, see the module docstring) and for
+    each metric the mean, 95% interval (low, high) and n of the other runs."""
+    rows = []
+    for key, group in table.groupby(by, sort=True):
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        if "diverged" in group.columns:
+            row["diverged"] = int(group["diverged"].sum())
+            group = group[~group["diverged"].astype(bool)]
+        for metric in metrics:
+            mean, half, n = mean_ci(group[metric])
+            row.update({f"{metric}.mean": mean, f"{metric}.low": mean - half, f"{metric}.high": mean + half,
+                        f"{metric}.n": n})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_difference(table: pd.DataFrame, metric: str, first: str, second: str,
+                      by: tuple = ("kind", "dataset.num_train", "network.architecture")) -> pd.DataFrame:
+    """metric(first) - metric(second) for runs of the two paradigms that share the seed
+    (hence the target function and training conditions) and ``by``: columns difference.mean,
+    .low, .high, .n per group and ``diverged`` (pairs left out). The pairing removes the
+    spread between target functions."""
+    by = [column for column in by if column in table.columns] or ["kind"]
+    keys = by + ["seed"]
+    a = table[table["paradigm"] == first].set_index(keys)[[metric, "diverged"]]
+    b = table[table["paradigm"] == second].set_index(keys)[[metric, "diverged"]]
+    joined = a.add_suffix(".first").join(b.add_suffix(".second"), how="inner").reset_index()
+    joined["difference"] = joined[f"{metric}.first"] - joined[f"{metric}.second"]
+    joined["diverged"] = joined["diverged.first"] | joined["diverged.second"]  # a pair with one diverged run
+    return summarise(joined, by, ["difference"])
+
+
+def integration_table(source, **config_filters) -> pd.DataFrame:
+    """Flow runs' eval L2 of the final model against integration steps: columns run,
+    method, num_steps, l2, diverged (of that point) and the runs' kind, paradigm, seed,
+    dataset.num_train, network.architecture."""
+    runs = paradigm_table(source, mode="flow", **config_filters)
+    points = metrics_table(source, metric=[f"integration.{m}.eval.l2" for m in ("euler", "rk4")],
+                           experiment=EXPERIMENT)
+    if runs.empty or points.empty:
+        return pd.DataFrame(columns=["run", "method", "num_steps", "l2", "kind", "paradigm", "seed"])
+    points = points.assign(method=points["metric"].str.split(".").str[1], num_steps=points["step"],
+                           l2=points["value"], diverged=diverged(points["value"]))
+    points = points[["run", "method", "num_steps", "l2", "diverged"]]
+    columns = [c for c in ("run", "kind", "paradigm", "seed", "dataset.num_train", "network.architecture")
+               if c in runs.columns]
+    return points.merge(runs[columns], on="run")
+
+
+def plot_against_samples(summary: pd.DataFrame, metric: str, ylabel: str, title: str = "", log: bool = True,
+                         x: str = "dataset.num_train"):
+    """One line per paradigm: the mean of ``metric`` against the number of training
+    samples with its 95% interval as a band (from ``summarise``)."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.8), dpi=110)
+    for paradigm, group in summary.groupby("paradigm"):
+        group = group.sort_values(x)
+        ax.plot(group[x], group[f"{metric}.mean"], "o-", label=paradigm)
+        low = group[f"{metric}.low"].clip(lower=group[f"{metric}.mean"] / 100) if log else group[f"{metric}.low"]
+        ax.fill_between(group[x], low, group[f"{metric}.high"], alpha=0.2)  # a log axis cannot show <= 0
+    ax.set_xscale("log")
+    return _finish(fig, ax, "training samples", ylabel, title, log_y=log)
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, log_y: bool = True):
+    """Labels, title, legend (when something is labelled) and layout of a one-axes figure."""
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- one run's figures
+def training_curves(curves: dict, title: str = ""):
+    """train.loss and the train/eval L2 against epochs (log y)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for name, style in (("train.loss", "-"), ("train.l2", "--"), ("eval.l2", "-")):
+        if name in curves:
+            epochs, values = curves[name]
+            ax.plot(np.asarray(epochs) + 1, np.maximum(values, 1e-12), style, label=name, lw=1)
+    return _finish(fig, ax, "epoch", "loss / MSE", title)
+
+
+def predictions(dataset, prediction, title: str = "", max_dims: int = 3):
+    """Prediction and truth over c (first coordinate), training points marked; one panel
+    per output dimension (the first ``max_dims``)."""
+    dims = min(dataset.dim, max_dims)
+    fig, axes = plt.subplots(dims, 1, figsize=(6.4, 2.2 * dims + 0.6), dpi=110, sharex=True, squeeze=False)
+    order = np.argsort(dataset.eval_c[:, 0].numpy())
+    c = dataset.eval_c[order, 0].numpy()
+    for d, ax in enumerate(axes[:, 0]):
+        ax.plot(c, dataset.eval_y[order, d].numpy(), color="black", lw=1, label="truth")
+        ax.plot(c, prediction[order, d].numpy(), color="tab:red", lw=1, label="prediction")
+        ax.plot(dataset.train_c[:, 0].numpy(), dataset.train_y[:, d].numpy(), "o", ms=3, color="tab:blue",
+                label="training points")
+        ax.set_ylabel(f"output {d}")
+        _truth_limits(ax, dataset.eval_y[:, d].numpy())
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[0, 0].set_title(title + _diverged_note(prediction), fontsize=9)
+    axes[-1, 0].set_xlabel("c" if dataset.condition_dim == 1 else "c[0]")
+    fig.tight_layout()
+    return fig
+
+
+def _finite_rows(values: torch.Tensor) -> torch.Tensor:
+    return torch.isfinite(values).all(-1) if values.dim() > 1 else torch.isfinite(values)
+
+
+def _diverged_note(prediction) -> str:
+    """Flow integration can blow up (a stiff learned field): say how many points did."""
+    bad = int((~_finite_rows(prediction)).sum())
+    return f" ({bad} of {len(prediction)} predictions not finite)" if bad else ""
+
+
+def _truth_limits(ax, truth: np.ndarray):
+    """Keep the truth readable when predictions diverge: the y range of the truth, padded."""
+    low, high = float(np.min(truth)), float(np.max(truth))
+    pad = 0.5 * (high - low) + 1e-6
+    ax.set_ylim(max(ax.get_ylim()[0], low - pad), min(ax.get_ylim()[1], high + pad))
+
+
+def error_distribution(dataset, prediction, title: str = ""):
+    """Histogram of log10 of the per-point squared error on the evaluation set (finite
+    errors only; the title counts the others)."""
+    error = (prediction - dataset.eval_y).double().pow(2).mean(-1)
+    finite = error[torch.isfinite(error)].clamp_min(1e-12).log10().numpy()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    ax.hist(finite, bins=40, color="tab:gray")
+    return _finish(fig, ax, "log10 squared error per evaluation point (mean over coordinates)", "points",
+                   title + _diverged_note(prediction), log_y=False)
+
+
+def integration(by_method: dict, title: str = ""):
+    """Eval L2 against integration steps, one line per method ({method: {steps: l2}})."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.6), dpi=110)
+    for method, by_steps in by_method.items():
+        steps = sorted(by_steps)
+        ax.plot(steps, [by_steps[k] for k in steps], "o-", label=method)
+    ax.set_xscale("log", base=2)
+    return _finish(fig, ax, "integration steps", "eval MSE", title)
+
+
+def subspace(dataset, prediction, title: str = ""):
+    """Projection task: predictions in the coordinates of the true subspace (left) and the
+    norm of their component off it against c (right); the truth has none off it.
+    Non-finite predictions (a diverged integration) are left out and counted in the title."""
+    basis, kept = dataset.target.basis, _finite_rows(prediction)
+    note = _diverged_note(prediction)
+    prediction, c = prediction[kept], dataset.eval_c[kept, 0]
+    inside, truth = prediction @ basis, dataset.eval_y @ basis
+    off = (prediction - prediction @ basis @ basis.T).norm(dim=-1)
+    second = 1 % basis.shape[1]  # a one-dimensional subspace is drawn against itself
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.8), dpi=110)
+    left.plot(truth[:, 0].numpy(), truth[:, second].numpy(), color="black", lw=1, label="truth")
+    left.plot(inside[:, 0].numpy(), inside[:, second].numpy(), ".", ms=2, color="tab:red", label="prediction")
+    scale = 2 * float(truth.abs().max()) + 1e-6  # diverged predictions would hide the truth
+    left.set_xlim(-scale, scale)
+    left.set_ylim(-scale, scale)
+    left.set_xlabel("u1 . y")
+    left.set_ylabel("u2 . y")
+    left.legend(fontsize=7)
+    left.set_title("on the subspace", fontsize=9)
+    order = np.argsort(c.numpy())
+    right.plot(c[order].numpy(), off[order].numpy(), color="tab:red", lw=1)
+    right.set_xlabel("c" if dataset.condition_dim == 1 else "c[0]")
+    right.set_ylabel("||(I - U U^T) prediction||")
+    right.set_title("off the subspace", fontsize=9)
+    fig.suptitle(title + note, fontsize=9)
+    fig.tight_layout()
+    return fig
