@@ -468,7 +468,8 @@ class _FlatNetwork:
                 if part.start == part.stop:
                     continue
                 param = self.theta[k, part]
-                self.groups.append({"model": k, "part": part, "param": param, "lr": lr, "weight_decay": decay,
+                self.groups.append({"model": k, "part": part, "param": param, "grad": self.grad[k, part],
+                                    "lr": lr, "weight_decay": decay,
                                     "exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param),
                                     "step": torch.zeros((), dtype=torch.float32)})
         self._saved: dict[str, list] = {}
@@ -517,10 +518,9 @@ class _FlatNetwork:
         return self._mlp_backward("decoder", grad_output)
 
     def optimizer_step(self) -> None:
-        grad = self.grad
+        torch._foreach_add_([group["step"] for group in self.groups], 1.0)  # one call for every group's count
         for group in self.groups:
-            group["step"] += 1
-            self._adam_kernel([group["param"]], [grad[group["model"], group["part"]]], [group["exp_avg"]],
+            self._adam_kernel([group["param"]], [group["grad"]], [group["exp_avg"]],
                               [group["exp_avg_sq"]], [], [group["step"]], lr=group["lr"], beta1=self.beta1,
                               beta2=self.beta2, weight_decay=group["weight_decay"], eps=self.eps,
                               amsgrad=False, maximize=False)
