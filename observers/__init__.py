@@ -136,10 +136,14 @@ def attach(ex: Experiment) -> Experiment:
         def handler(signum, frame):
             if _run.status == "RUNNING":
                 raise Terminated()
-            if any(getattr(observer, "waiting_to_end", False) for observer in _run.observers):
-                # the run is over but MongoDB is down: stop waiting for it, so the observer
-                # writes the complete run to its fallback directory before the process exits
-                raise KeyboardInterrupt()
+            waiting = [observer for observer in _run.observers if getattr(observer, "waiting_to_end", False)]
+            if waiting:
+                # the run is over but MongoDB is down: stop waiting for it (a flag, not an
+                # exception thrown into pymongo), so the observer writes the complete run to
+                # its fallback directory before the process exits
+                for observer in waiting:
+                    observer.stop_waiting = True
+                return
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
 

@@ -105,6 +105,7 @@ class ResilientMongoObserver(RunObserver):
         self.fallback_run_dir: Optional[Path] = None  # set when the run went to file storage
         self.last_error: Optional[str] = None
         self.waiting_to_end = False  # True during the bounded wait for MongoDB at the end of the run
+        self.stop_waiting = False  # set by the SIGTERM handler: end that wait at the next check
         self._file: Optional[FileStorageObserver] = None  # the fallback, once in use
         self._state_lock = threading.Lock()  # guards the queues (held briefly)
         self._flush_lock = threading.Lock()  # one flush at a time (held during network calls)
@@ -275,9 +276,9 @@ class ResilientMongoObserver(RunObserver):
             if not self._flush():
                 self._warn(f"MongoDB not reachable at the end of the run; waiting up to {self.end_timeout:g} s "
                            "(Ctrl-C or SIGTERM stops waiting and keeps the run in fallback file storage)")
-                while not self._flush() and time.monotonic() < deadline:
+                while not self.stop_waiting and not self._flush() and time.monotonic() < deadline:
                     time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-        except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) while waiting: stop waiting, keep the run
+        except KeyboardInterrupt:  # Ctrl-C while waiting: stop waiting, keep the run (SIGTERM sets stop_waiting)
             pass
         finally:
             self.waiting_to_end = False
