@@ -28,7 +28,7 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated", categor
 
 from sacred import Experiment  # noqa: E402
 from sacred.observers import FileStorageObserver, MongoObserver  # noqa: E402
-from sacred.utils import SacredError, SacredInterrupt, apply_backspaces_and_linefeeds  # noqa: E402
+from sacred.utils import SacredError, apply_backspaces_and_linefeeds  # noqa: E402
 
 
 
@@ -64,13 +64,19 @@ class ConfigError(SacredError):
         super().__init__(message, print_traceback=False)
 
 
-class Terminated(SacredInterrupt, SacredError):
-    """Raised in the run when the process receives SIGTERM: the run ends INTERRUPTED."""
+class Terminated(KeyboardInterrupt):
+    """Raised in the run when the process receives SIGTERM: the run ends INTERRUPTED.
+
+    A KeyboardInterrupt, like Ctrl-C, and not an Exception: the signal can arrive anywhere,
+    and every ``except Exception`` on the way (Sacred's own guard around each observer call,
+    which swallowed a SIGTERM that landed while a checkpoint artifact was being saved, then
+    let the run complete) must let it through. Sacred records it as INTERRUPTED."""
 
     STATUS = "INTERRUPTED"
+    EXIT_CODE = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
 
     def __init__(self):
-        SacredError.__init__(self, "received SIGTERM: run recorded as INTERRUPTED", print_traceback=False)
+        super().__init__("received SIGTERM: run recorded as INTERRUPTED")
 
 
 # Read once, when an experiment imports observers: during a run Sacred's output capture
@@ -151,6 +157,16 @@ def attach(ex: Experiment) -> Experiment:
         if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # e.g. started with & by a script
             signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt: INTERRUPTED
 
+    run_commandline = ex.run_commandline  # what @ex.automain calls
+
+    def run_commandline_ending_cleanly_on_sigterm(*args, **kwargs):
+        try:
+            return run_commandline(*args, **kwargs)
+        except Terminated as terminated:  # the run is recorded; one line, not a traceback
+            print(terminated, file=sys.stderr)
+            sys.exit(Terminated.EXIT_CODE)
+
+    ex.run_commandline = run_commandline_ending_cleanly_on_sigterm
     return ex
 
 

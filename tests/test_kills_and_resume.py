@@ -83,6 +83,46 @@ def test_interrupt_keeps_metrics_and_checkpoint_and_resume_matches_an_uninterrup
     assert resumed_curve.equals(whole_curve.loc[resumed_curve.index]), "the resumed curve differs"
 
 
+SIGTERM_DURING_AN_OBSERVER_CALL = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+from sacred import Experiment
+import observers
+
+class SigtermWhileSavingAnArtifact(observers.AtomicFileStorageObserver):
+    def artifact_event(self, name, filename, metadata=None, content_type=None):
+        super().artifact_event(name, filename, metadata, content_type)
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs inside this call, as a kill can
+        self.after_the_signal = True
+
+ex = observers.attach(Experiment("sigterm_during_artifact"))
+ex.observers.append(SigtermWhileSavingAnArtifact({runs!r}))
+
+@ex.main
+def main(_run):
+    _run.add_artifact(__file__, "checkpoint.py")
+    print("main went on after the SIGTERM")
+
+if __name__ == "__main__":
+    ex.run_commandline()
+"""
+
+
+def test_sigterm_that_lands_inside_an_observer_call_still_interrupts_the_run(tmp_path):
+    """Injected: SIGTERM delivered while an observer saves an artifact (as when a kill lands
+    during a checkpoint save). Sacred guards every observer call with ``except Exception``;
+    the interrupt must get through it instead of being swallowed and the run completing."""
+    runs = tmp_path / "runs"
+    script = tmp_path / "experiment.py"
+    script.write_text(SIGTERM_DURING_AN_OBSERVER_CALL.format(repo=str(REPO), runs=str(runs)))
+    finished = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 128 + signal.SIGTERM, finished.stderr
+    assert "main went on" not in finished.stdout
+    assert "received SIGTERM: run recorded as INTERRUPTED" in finished.stderr.splitlines()
+    assert "Traceback" not in finished.stderr
+    assert json.loads((runs / "1" / "run.json").read_text())["status"] == "INTERRUPTED"
+
+
 def test_sigkill_leaves_running_and_the_analysis_reports_dead(tmp_path):
     runs = tmp_path / "runs"
     process = start(runs)
