@@ -222,14 +222,7 @@ def main(_run, kind, mode, seed, torch_threads, training, evaluation):
     dataset = build_dataset(kind=kind, seed=seed)
     model = build_model(dataset, seed)
     settings = train_settings()
-    curves = {}
-
-    def log(epoch, metrics):
-        for name, value in metrics.items():
-            _run.log_scalar(name, value, epoch)
-            steps, values = curves.setdefault(name, ([], []))
-            steps.append(epoch)
-            values.append(value)
+    curves = observers.Curves(_run)
 
     def save_checkpoints(outcome):
         with tempfile.TemporaryDirectory() as tmp:
@@ -238,7 +231,7 @@ def main(_run, kind, mode, seed, torch_threads, training, evaluation):
                     torch.save(state, Path(tmp) / name)
                     _run.add_artifact(str(Path(tmp) / name), name)
 
-    outcome = fr.train(model, dataset, settings, seed, on_log=log, on_save=save_checkpoints,
+    outcome = fr.train(model, dataset, settings, seed, on_log=curves.log, on_save=save_checkpoints,
                        save_interval=training["save_interval"], progress=observers.on_terminal())
     save_checkpoints(outcome)
 

@@ -353,15 +353,12 @@ def main(_run, _config, kind, init_from, epochs, probe_epochs, n_states, device,
         print(f"run {_run._id}: {observers.describe(_run)}")
         return result
 
-    curves: dict = {}
+    curves = observers.Curves(_run)
     best = {"val.acc": -1.0}
 
     def on_epoch(epoch, metrics):
-        for name, value in metrics.items():
-            if math.isfinite(value):  # an empty bucket of the in-context curve has no value
-                _run.log_scalar(name, value, epoch)
-                curves.setdefault(name, ([], []))[0].append(epoch)
-                curves[name][1].append(value)
+        # an empty bucket of the in-context curve has no value
+        curves.log(epoch, {name: value for name, value in metrics.items() if math.isfinite(value)})
         if metrics["val.acc"] > best["val.acc"]:
             state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
             best.update(metrics, epoch=epoch, state=state)

@@ -340,17 +340,9 @@ def train_transformer(_run, train_steps, log_every, acc_threshold, phase_margin,
     """The transformer runs: same metrics (no RQI), threshold steps, phase and artifacts."""
     task = build_modular_task()
     model = build_transformer(task)
-    curves = {}
-
-    def log(step, metrics):
-        for name, value in metrics.items():
-            _run.log_scalar(name, value, step)
-            steps, values = curves.setdefault(name, ([], []))
-            steps.append(step)
-            values.append(value)
-
+    curves = observers.Curves(_run)
     device = transformer.select_device(device)
-    outcome = transformer.train(model, task, transformer_settings(), log_every, on_log=log,
+    outcome = transformer.train(model, task, transformer_settings(), log_every, on_log=curves.log,
                                 acc_threshold=acc_threshold, device=device, seed=seed,
                                 progress=observers.on_terminal())
     result = {
@@ -499,14 +491,10 @@ def main(_run, _config, train_steps, log_every, acc_threshold, rqi_threshold, pa
              "dof": degrees_of_freedom(task.train_pairs.numpy(), task.p),
              "reachable_test_acc": sum(s in train_sums for s in test_sums) / len(test_sums)}
 
-    curves = {}
+    curves = observers.Curves(_run)
 
-    def log(_, step, metrics):
-        for name, value in metrics.items():
-            _run.log_scalar(name, value, step)
-            steps, values = curves.setdefault(name, ([], []))
-            steps.append(step)
-            values.append(value)
+    def log(_, step, metrics):  # the trainer's callback names the model: this run trains one
+        curves.log(step, metrics)
 
     latest = {}  # the newest checkpoint state, saved as an artifact at the cadence and on interruption
 

@@ -196,15 +196,10 @@ def main(_run, n_classes, stage1_samples, stage2_samples, test_samples, sample_s
          stage1_target_acc, epochs_stage2, control, ceiling, seed, torch_threads, device):
     torch.set_num_threads(torch_threads)
     device = select_device(device)
-    curves = {}
+    curves = observers.Curves(_run)
 
     def logger(prefix):
-        def log(epoch, stats):
-            for name, value in stats.items():
-                _run.log_scalar(f"{prefix}.{name}", value, epoch)
-                curves.setdefault(f"{prefix}.{name}", ([], []))[0].append(epoch)
-                curves[f"{prefix}.{name}"][1].append(value)
-        return log
+        return lambda epoch, stats: curves.log(epoch, stats, prefix=prefix)
 
     x1 = build_inputs("stage1_inputs", stage1_samples).to(device)
     x2 = build_inputs("stage2_inputs", stage2_samples).to(device)

@@ -158,3 +158,29 @@ def test_a_write_killed_half_way_leaves_the_previous_metrics_file_whole(tmp_path
     monkeypatch.undo()
     assert json.loads((tmp_path / "metrics.json").read_text())["train.loss"]["steps"] == [0, 1]
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_curves_drawn_in_figures_are_exactly_the_points_the_run_recorded(tmp_path):
+    """observers.Curves: every point logged through it is in the run's metrics.json, with
+    its prefix, and kept in memory in the same order for the figures."""
+    from sacred import Experiment
+
+    import observers
+
+    ex = Experiment("curves")
+    ex.observers.append(observers.AtomicFileStorageObserver(str(tmp_path)))
+
+    @ex.main
+    def main(_run):
+        curves = observers.Curves(_run)
+        for epoch in range(5):
+            curves.log(epoch, {"loss": 1.0 / (epoch + 1), "acc": epoch / 4})
+            curves.log(epoch, {"agreement": epoch / 10}, prefix="stage2")
+        return {name: [list(steps), list(values)] for name, (steps, values) in curves.items()}
+
+    kept = ex.run().result
+    recorded = json.loads((tmp_path / "1" / "metrics.json").read_text())
+    assert sorted(kept) == sorted(recorded) == ["acc", "loss", "stage2.agreement"]
+    for name, (steps, values) in kept.items():
+        assert recorded[name]["steps"] == steps == list(range(5))
+        assert recorded[name]["values"] == values
