@@ -76,7 +76,7 @@ class Terminated(KeyboardInterrupt):
     EXIT_CODE = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
 
     def __init__(self):
-        super().__init__("received SIGTERM: run recorded as INTERRUPTED")
+        super().__init__("received SIGTERM")
 
 
 # Read once, when an experiment imports observers: during a run Sacred's output capture
@@ -159,14 +159,18 @@ def attach(ex: Experiment) -> Experiment:
 
     run_commandline = ex.run_commandline  # what @ex.automain calls
 
-    def run_commandline_ending_cleanly_on_sigterm(*args, **kwargs):
+    def run_commandline_reporting_an_interrupt_in_one_line(*args, **kwargs):
         try:
             return run_commandline(*args, **kwargs)
-        except Terminated as terminated:  # the run is recorded; one line, not a traceback
-            print(terminated, file=sys.stderr)
-            sys.exit(Terminated.EXIT_CODE)
+        except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM
+            run = ex.current_run
+            if run is None or run.status != "INTERRUPTED":
+                raise  # interrupted before a run was recorded: Python's usual report
+            what = "SIGTERM" if isinstance(interrupt, Terminated) else "Ctrl-C (SIGINT)"
+            print(f"received {what}: run recorded as INTERRUPTED in {describe(run)}", file=sys.stderr)
+            sys.exit(getattr(interrupt, "EXIT_CODE", 128 + signal.SIGINT))
 
-    ex.run_commandline = run_commandline_ending_cleanly_on_sigterm
+    ex.run_commandline = run_commandline_reporting_an_interrupt_in_one_line
     return ex
 
 
