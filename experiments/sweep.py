@@ -378,6 +378,7 @@ def _record(module, sweep: str, point: Point, store) -> dict:
 # ------------------------------------------------------------------------ coordinator
 def make_client(workers: Optional[int] = None, scheduler: Optional[str] = None, slurm: Optional[dict] = None):
     """A Dask client: an existing scheduler, a SLURM cluster, or local worker processes."""
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -386,15 +387,13 @@ def make_client(workers: Optional[int] = None, scheduler: Optional[str] = None, 
         cluster = slurm_cluster(**slurm)
         cluster.scale(jobs=slurm["jobs"])
         return Client(cluster)
-    import dask
-
     n = workers or os.cpu_count() or 1
     # quiet: the progress bar and the summary report what matters (a restarted worker is retried)
     logging.getLogger("distributed").setLevel(logging.ERROR)
     # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536 (to hand memory back to the OS);
     # setting it also freezes glibc's mmap threshold at 128 KiB, so every step's activations
-    # (~0.7 MB for a block of 16 toy models) were mapped and faulted in afresh: 25x the page
-    # faults and 20-25% of the throughput. Training allocates the same sizes every step, so
+    # (~0.7 MB for a block of 16 toy models) were mapped and faulted in afresh: 5-25x the page
+    # faults and about a fifth of the throughput. Training allocates the same sizes every step, so
     # glibc's own adaptive default is what fits.
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,

@@ -12,7 +12,8 @@
 
 ``attach(ex)`` also keeps progress bars out of the captured output and turns SIGTERM and
 SIGINT into an interrupt, so a killed run ends INTERRUPTED with its metrics so far (even
-when a non-interactive shell started it with SIGINT ignored).
+when a non-interactive shell started it with SIGINT ignored), reported in one line with
+exit code 130 (SIGINT) or 143 (SIGTERM).
 """
 from __future__ import annotations
 

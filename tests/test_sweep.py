@@ -44,7 +44,7 @@ def completed_runs(root: Path, sweep_name: str) -> list[dict]:
 
 def test_local_workers_keep_glibcs_adaptive_malloc(client):
     """Dask's default MALLOC_TRIM_THRESHOLD_ pins glibc's mmap threshold, and every training
-    step then maps its activations afresh (25x the page faults, a fifth of the throughput)."""
+    step then maps its activations afresh (5-25x the page faults, a fifth of the throughput)."""
     import os
 
     assert set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
