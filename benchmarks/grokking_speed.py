@@ -4,7 +4,7 @@ Compares, in the same process and on the same model, data and seed:
 - straightforward: the usual per-step loop (autograd, two torch AdamW optimisers,
   separate train and test forwards, every metric pulled with .item()), in
   benchmarks/straightforward_grokking.py;
-- toylab: toymodels.grokking.train (one forward over all pairs, hand-written batched
+- toylab: toymodels.addition_train.train (one forward over all pairs, hand-written batched
   gradients, fused Adam(W), per-step records reduced per chunk).
 Both detect the threshold steps exactly at every step; the table shows they agree.
 
@@ -16,7 +16,8 @@ import time
 import torch
 
 from benchmarks.straightforward_grokking import train_straightforward
-from toymodels.grokking import Objective, OptimizerSettings, ToyAdditionModel, make_addition_task, train
+from toymodels.addition import Objective, OptimizerSettings, ToyAdditionModel, make_addition_task
+from toymodels.addition_train import train
 
 
 def fresh(seed=0):

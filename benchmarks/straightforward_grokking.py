@@ -3,13 +3,13 @@
 This is how the toy model is usually written (and how the original scripts do it):
 per step, a training forward and backward, then separate train and test forwards for
 accuracy, RQI from the embedding, each metric pulled to Python with ``.item()`` and the
-thresholds checked in Python. It measures the same things as ``toymodels.grokking.train``.
+thresholds checked in Python. It measures the same things as ``toymodels.addition_train.train``.
 """
 from __future__ import annotations
 
 import torch
 
-from toymodels.grokking import AdditionTask, Objective, ToyAdditionModel
+from toymodels.addition import AdditionTask, Objective, ToyAdditionModel
 from toymodels.representation import parallelograms
 
 

@@ -6,7 +6,8 @@ fraction (~0.4 for p = 10) it cannot. Seeds are 0..9, the first ten, not chosen.
 """
 import torch
 
-from toymodels.grokking import Objective, OptimizerSettings, ToyAdditionModel, make_addition_task, train
+from toymodels.addition import Objective, OptimizerSettings, ToyAdditionModel, make_addition_task
+from toymodels.addition_train import train
 
 SEEDS = range(10)
 

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from toymodels.grokking import (Objective, OptimizerSettings, ToyAdditionModel, make_addition_task, n_pairs,
-                                n_train_pairs, train)
+from toymodels.addition import (Objective, OptimizerSettings, ToyAdditionModel, make_addition_task, n_pairs,
+                                n_train_pairs)
+from toymodels.addition_train import train
 from toymodels.phases import classify_phase, first_crossing
 from toymodels.representation import degrees_of_freedom, parallelograms, rqi
 

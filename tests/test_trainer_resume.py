@@ -3,7 +3,8 @@ bit-identical parameters, threshold steps and logged metrics (one model and a ba
 import pytest
 import torch
 
-from toymodels.grokking import Objective, OptimizerSettings, ToyAdditionModel, make_addition_task, train
+from toymodels.addition import Objective, OptimizerSettings, ToyAdditionModel, make_addition_task
+from toymodels.addition_train import train
 
 STEPS = 1500
 

@@ -39,6 +39,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from toymodels.layers import activation_module, mlp
+
 KINDS = ("recon", "proj")
 MODES = ("regression", "flow")
 ARCHITECTURES = ("concat", "film")
@@ -46,7 +48,7 @@ INITIAL_DISTS = ("zeros", "gaussian")
 INTEGRATION_METHODS = ("euler", "rk4")
 WEIGHT_STRATEGIES = ("uniform", "inverse_freq")
 SAMPLING_STRATEGIES = ("grid", "random")
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+ACTIVATIONS = ("relu", "gelu", "silu", "tanh")  # names in toymodels.layers.ACTIVATIONS
 
 
 # ----------------------------------------------------------------------------- data
@@ -171,23 +173,13 @@ def make_dataset(kind: str, num_train: int, num_eval: int, target_dim: int, cond
 
 
 # ----------------------------------------------------------------------------- models
-def _activation(name: str) -> nn.Module:
-    return ACTIVATIONS[name]()
-
-
 class ConcatMLP(nn.Module):
     """v(x, c, t) = MLP([x, c, t]): ``num_layers`` hidden layers of ``hidden_dim``."""
 
     def __init__(self, dim: int, condition_dim: int, hidden_dim: int = 256, num_layers: int = 3,
                  activation: str = "gelu"):
         super().__init__()
-        layers: list[nn.Module] = []
-        width = dim + condition_dim + 1
-        for _ in range(num_layers):
-            layers += [nn.Linear(width, hidden_dim), _activation(activation)]
-            width = hidden_dim
-        layers.append(nn.Linear(width, dim))
-        self.net = nn.Sequential(*layers)
+        self.net = mlp([dim + condition_dim + 1] + [hidden_dim] * num_layers + [dim], activation)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([x, c, t], dim=-1))
@@ -202,9 +194,8 @@ class FiLMMLP(nn.Module):
         super().__init__()
         self.num_layers, self.hidden_dim = num_layers, hidden_dim
         self.layers = nn.ModuleList(nn.Linear(dim if k == 0 else hidden_dim, hidden_dim) for k in range(num_layers))
-        self.activation = _activation(activation)
-        self.film = nn.Sequential(nn.Linear(condition_dim + 1, hidden_dim), _activation(activation),
-                                  nn.Linear(hidden_dim, 2 * num_layers * hidden_dim))
+        self.activation = activation_module(activation)
+        self.film = mlp([condition_dim + 1, hidden_dim, 2 * num_layers * hidden_dim], activation)
         self.output = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

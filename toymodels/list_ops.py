@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from toymodels.classifier import evaluate, predict, train_epoch
+from toymodels.layers import mlp
 from toymodels.transformer import sinusoidal_positions
 
 OPERATIONS = ("First", "Second", "Last", "Max", "Min")
@@ -153,8 +154,7 @@ class EncoderLayer(nn.Module):
         self.attention = nn.MultiheadAttention(config.d_model, config.n_heads, dropout=config.dropout,
                                                batch_first=True)
         self.feed_forward_norm = nn.LayerNorm(config.d_model)
-        self.feed_forward = nn.Sequential(nn.Linear(config.d_model, config.d_ff), nn.ReLU(),
-                                          nn.Linear(config.d_ff, config.d_model))
+        self.feed_forward = mlp([config.d_model, config.d_ff, config.d_model], "relu")
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, padding, need_weights: bool = False):

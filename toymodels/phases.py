@@ -8,14 +8,29 @@
 | confusion     | train never does within B (test alone generalising without  |
 |               | fitting train is counted by its gap, as the paper's code   |
 |               | does with t_train = B - 1: comprehension)                  |
+
+``TrainOutcome`` is what a trainer reports: the threshold steps it reached.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 
 PHASES = ("comprehension", "grokking", "memorization", "confusion")
+
+
+@dataclass
+class TrainOutcome:
+    """What a training run reached. Threshold steps are None when never reached."""
+
+    steps: int  # steps measured (0 .. steps-1)
+    t_train: Optional[int] = None
+    t_test: Optional[int] = None
+    t_rqi: Optional[int] = None
+    final: dict = field(default_factory=dict)  # every metric at the last measured step
+    stopped_early: bool = False
 
 
 def first_crossing(values, threshold: float, strict: bool = False, offset: int = 0) -> Optional[int]:

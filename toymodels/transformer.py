@@ -31,9 +31,9 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from toymodels.grokking import TrainOutcome
+from toymodels.layers import mlp
 from toymodels.modular import ModularTask
-from toymodels.phases import first_crossing
+from toymodels.phases import TrainOutcome, first_crossing
 
 POSITIONS = ("sinusoidal", "learned")
 DEVICES = ("auto", "cpu", "cuda")
@@ -98,8 +98,7 @@ class Block(nn.Module):
         norm = (lambda: nn.LayerNorm(config.d_model)) if config.layer_norm else nn.Identity
         self.ln_attention, self.ln_mlp = norm(), norm()
         self.attention = CausalSelfAttention(config)
-        self.mlp = nn.Sequential(nn.Linear(config.d_model, config.d_mlp), nn.ReLU(),
-                                 nn.Linear(config.d_mlp, config.d_model))
+        self.mlp = mlp([config.d_model, config.d_mlp, config.d_model], "relu")
 
     def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         x = (x[:, -1:] if last_only else x) + self.attention(self.ln_attention(x), last_only)

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from toymodels.classifier import EpochStats, evaluate, predict, train_epoch
-from toymodels.grokking import mlp
+from toymodels.layers import mlp
 
 ARCHITECTURES = ("mlp", "resnet18")
 INPUT_COVARIANCES = ("isotropic", "power_law")
