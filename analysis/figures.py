@@ -71,9 +71,3 @@ def mean_curves(summary, by=None, x: str = "epoch", ax=None, label_prefix: str =
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     return ax
-
-
-def save(fig, path) -> str:
-    fig.savefig(path)
-    plt.close(fig)
-    return str(path)

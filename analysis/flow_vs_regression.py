@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.figures import plt, save
+from analysis.figures import plt
 from analysis.intervals import mean_ci
 from analysis.runs import metrics_table, runs_table
 
 __all__ = ["EXPERIMENT", "mean_ci", "paradigm_table", "summarise", "paired_difference", "integration_table",
-           "plot_against_samples", "save"]
+           "plot_against_samples"]
 
 EXPERIMENT = "flow_vs_regression"
 # Targets are sums of sinusoids with weights summing to 1, so |f| <= 1 (and |P f| <= sqrt(8)):

@@ -1,7 +1,7 @@
 """Steps per second of the transformer grokking configs on this machine's CPU (one thread
 by default), and the wall time of each full config extrapolated from them.
 
-Each named config of experiments/grokking.py (power, nanda, transformer_small) is built
+Each named config of experiments/grokking_transformer.py (power, nanda, small) is built
 exactly as the experiment builds it and trained for a few hundred steps with
 toymodels.transformer.train, metrics on both whole splits at every step (the configs'
 eval_every = 1) and, for comparison, with evaluation every 100 steps only (the cost of
@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from experiments.grokking import ex
+from experiments.grokking_transformer import ex
 from toymodels.modular import make_modular_task
 from toymodels.transformer import Transformer, TrainSettings, TransformerConfig, train
 
-CONFIGS = ("transformer_small", "nanda", "power")
+CONFIGS = ("small", "nanda", "power")
 
 
 def named_config(name: str) -> dict:

@@ -25,20 +25,15 @@ c, training points marked), error_distribution.png, for flow runs integration.pn
 L2 against integration steps, Euler and RK4), for proj subspace.png; checkpoints
 model_best.pt (lowest eval L2) and model_final.pt.
 """
-import tempfile
-from pathlib import Path
-
-import observers  # first: it quiets Sacred's import-time warning
-
 import torch
-from sacred import Experiment
 
+import harness
 from analysis import flow_vs_regression as figures
 from toymodels import flow_regression as fr
 
-ex = observers.attach(Experiment("flow_vs_regression"))
+ex = harness.experiment("flow_vs_regression")
 
-# Named sweeps for `python -m experiments.sweep experiments/flow_vs_regression.py --sweep NAME`:
+# Named sweeps for `python -m sweeps experiments/flow_vs_regression.py --sweep NAME`:
 # every paradigm over seeds and training-set sizes, and the two architectures at num_train 50.
 PARADIGMS = ["regression", "flow_zeros", "flow_gaussian"]
 SWEEPS = {
@@ -144,55 +139,31 @@ def film():
     network = dict(architecture="film")
 
 
-def _refuse(key, value, why):
-    raise observers.ConfigError(f"{key}={value!r} is not allowed: {why}")
+def _n_primes(config):
+    return len(fr.primes_up_to(config["dataset"]["max_frequency"]))
 
 
-@ex.config_hook
-def validate(config, command_name, logger):
-    """Refuse values the experiment cannot run, before any run is recorded."""
-    sections = {"": config, "dataset.": config["dataset"], "network.": config["network"],
-                "training.": config["training"], "evaluation.": config["evaluation"]}
-    choices = {"kind": fr.KINDS, "mode": fr.MODES, "network.architecture": fr.ARCHITECTURES,
-               "network.activation": tuple(fr.ACTIVATIONS), "training.initial_dist": fr.INITIAL_DISTS,
-               "evaluation.integration_method": fr.INTEGRATION_METHODS,
-               "dataset.weight_strategy": fr.WEIGHT_STRATEGIES, "dataset.sampling_strategy": fr.SAMPLING_STRATEGIES}
-    integers = {"dataset.num_train": 1, "dataset.num_eval": 2, "dataset.target_dim": 1, "dataset.condition_dim": 1,
-                "dataset.num_components": 1, "dataset.max_frequency": 2, "dataset.output_dim": 1,
-                "dataset.subspace_dim": 1, "network.hidden_dim": 1, "network.num_layers": 1,
-                "training.batch_size": 1, "training.num_epochs": 1, "training.log_interval": 1,
-                "training.eval_interval": 1, "training.save_interval": 0, "evaluation.num_eval_steps": 1,
-                "torch_threads": 1}
-
-    def value(key):
-        section, _, name = key.rpartition(".")
-        return sections[section + "." if section else ""][name]
-
-    for key, allowed in choices.items():
-        if value(key) not in allowed:
-            _refuse(key, value(key), f"use one of {', '.join(allowed)}")
-    for key, minimum in integers.items():
-        v = value(key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            _refuse(key, v, f"{key} must be an integer >= {minimum}")
-    if not isinstance(config["seed"], int) or isinstance(config["seed"], bool):
-        _refuse("seed", config["seed"], "seed must be an integer")
-    rate = value("training.learning_rate")
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
-        _refuse("training.learning_rate", rate, "the learning rate must be a number > 0")
-    dataset = config["dataset"]
-    if dataset["subspace_dim"] > dataset["output_dim"]:
-        _refuse("dataset.subspace_dim", dataset["subspace_dim"],
-                f"the subspace dimension must be at most the output dimension ({dataset['output_dim']})")
-    primes = fr.primes_up_to(dataset["max_frequency"])
-    if dataset["num_components"] > len(primes):
-        _refuse("dataset.num_components", dataset["num_components"],
-                f"there are only {len(primes)} distinct primes <= max_frequency={dataset['max_frequency']}")
-    steps = value("evaluation.integration_steps")
-    if (not isinstance(steps, (list, tuple)) or not steps
-            or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in steps)):
-        _refuse("evaluation.integration_steps", steps, "give a non-empty list of integers >= 1")
-    return {}
+ex.config_hook(harness.checks(
+    harness.choice({"kind": fr.KINDS, "mode": fr.MODES, "network.architecture": fr.ARCHITECTURES,
+                    "network.activation": fr.ACTIVATIONS, "training.initial_dist": fr.INITIAL_DISTS,
+                    "evaluation.integration_method": fr.INTEGRATION_METHODS,
+                    "dataset.weight_strategy": fr.WEIGHT_STRATEGIES,
+                    "dataset.sampling_strategy": fr.SAMPLING_STRATEGIES}),
+    harness.integer({"dataset.num_train": 1, "dataset.num_eval": 2, "dataset.target_dim": 1,
+                     "dataset.condition_dim": 1, "dataset.num_components": 1, "dataset.max_frequency": 2,
+                     "dataset.output_dim": 1, "dataset.subspace_dim": 1, "network.hidden_dim": 1,
+                     "network.num_layers": 1, "training.batch_size": 1, "training.num_epochs": 1,
+                     "training.log_interval": 1, "training.eval_interval": 1, "training.save_interval": 0,
+                     "evaluation.num_eval_steps": 1, "torch_threads": 1, "seed": 0}),
+    harness.positive("training.learning_rate"),
+    harness.rule("dataset.subspace_dim", lambda c: c["dataset"]["subspace_dim"] <= c["dataset"]["output_dim"],
+                 lambda c: f"the subspace dimension must be at most the output dimension "
+                           f"({c['dataset']['output_dim']})"),
+    harness.rule("dataset.num_components", lambda c: c["dataset"]["num_components"] <= _n_primes(c),
+                 lambda c: f"there are only {_n_primes(c)} distinct primes <= "
+                           f"max_frequency={c['dataset']['max_frequency']}"),
+    harness.integer_list({"evaluation.integration_steps": 1}),
+))
 
 
 # ------------------------------------------------------------------ data and model
@@ -222,17 +193,15 @@ def main(_run, kind, mode, seed, torch_threads, training, evaluation):
     dataset = build_dataset(kind=kind, seed=seed)
     model = build_model(dataset, seed)
     settings = train_settings()
-    curves = observers.Curves(_run)
+    curves = harness.Curves(_run)
 
     def save_checkpoints(outcome):
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, state in (("model_best.pt", outcome.best_state), ("model_final.pt", model.state_dict())):
-                if state:
-                    torch.save(state, Path(tmp) / name)
-                    _run.add_artifact(str(Path(tmp) / name), name)
+        for name, state in (("model_best.pt", outcome.best_state), ("model_final.pt", model.state_dict())):
+            if state:
+                harness.save_torch(_run, state, name)
 
     outcome = fr.train(model, dataset, settings, seed, on_log=curves.log, on_save=save_checkpoints,
-                       save_interval=training["save_interval"], progress=observers.on_terminal())
+                       save_interval=training["save_interval"], progress=harness.on_terminal())
     save_checkpoints(outcome)
 
     result = {"final_" + k.replace(".", "_"): v for k, v in outcome.final.items()}
@@ -247,27 +216,21 @@ def main(_run, kind, mode, seed, torch_threads, training, evaluation):
                 _run.log_scalar(f"integration.{method}.eval.l2", l2, num_steps)
     _run.info.update(result)
 
-    evaluator = fr.Evaluator(dataset, settings, seed)
-    prediction = evaluator.predict(model, "eval")
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        title = f"{kind}, {mode}" + (f" from {settings.initial_dist}" if mode == "flow" else "") + \
-            f", {len(dataset.train_c)} samples, seed {seed}"
-        drawn = {"training_curves.png": figures.training_curves(curves, title),
-                 "predictions.png": figures.predictions(dataset, prediction, title),
-                 "error_distribution.png": figures.error_distribution(dataset, prediction, title)}
-        if integration is not None:
-            drawn["integration.png"] = figures.integration(integration, title)
-        if dataset.target.basis is not None:
-            drawn["subspace.png"] = figures.subspace(dataset, prediction, title)
-        for name, fig in drawn.items():
-            _run.add_artifact(figures.save(fig, tmp / name), name)
+    prediction = fr.Evaluator(dataset, settings, seed).predict(model, "eval")
+    title = f"{kind}, {mode}" + (f" from {settings.initial_dist}" if mode == "flow" else "") + \
+        f", {len(dataset.train_c)} samples, seed {seed}"
+    harness.save_figure(_run, figures.training_curves(curves, title), "training_curves.png")
+    harness.save_figure(_run, figures.predictions(dataset, prediction, title), "predictions.png")
+    harness.save_figure(_run, figures.error_distribution(dataset, prediction, title), "error_distribution.png")
+    if integration is not None:
+        harness.save_figure(_run, figures.integration(integration, title), "integration.png")
+    if dataset.target.basis is not None:
+        harness.save_figure(_run, figures.subspace(dataset, prediction, title), "subspace.png")
 
-    print(f"run {_run._id}: {observers.describe(_run)}")
     summary = f"{kind} {mode}: eval L2 {result['final_eval_l2']:.4g} (best {result['best_eval_l2']:.4g} at epoch " \
               f"{outcome.best_epoch}), train L2 {result['final_train_l2']:.4g}"
     if dataset.target.basis is not None:
         summary += f"; subspace angle {result['final_eval_subspace_angle']:.3g} deg, in-subspace variance " \
                    f"{result['final_eval_in_subspace_variance']:.4f}"
-    print(summary)
+    harness.report(_run, summary)
     return result

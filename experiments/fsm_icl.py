@@ -20,44 +20,27 @@ notebook notebooks/fsm_icl.ipynb aggregates them.
     python experiments/fsm_icl.py with small_lstm_5s5a cpu dataset=easy
     python experiments/fsm_icl.py with small_lstm_5s5a cpu init_from=12      # curriculum: start from run 12
     python experiments/fsm_icl.py with small_lstm_5s5a cpu probe init_from=12  # linear probes on run 12
-    python -m experiments.sweep experiments/fsm_icl.py --sweep plan_cpu      # the CPU-sized plan
+    python -m sweeps experiments/fsm_icl.py --sweep plan_cpu         # the CPU-sized plan
 """
 import io
 import math
-import tempfile
-from pathlib import Path
-
-import observers  # first: it quiets Sacred's import-time warning
 
 import torch
-from sacred import Experiment
 
-from analysis import figures
+import harness
+import observers
 from analysis import fsm as fsm_figures
 from toymodels import fsm, fsm_train, sequence_models
 from toymodels.transformer import DEVICES, select_device
 
-ex = observers.attach(Experiment("fsm_icl"))
+ex = harness.experiment("fsm_icl")
 KINDS = ("train", "probe")
 CHECKPOINT = "best.pt"  # the artifact a curriculum or a probe run starts from
-
-# The plan as named sweeps (see README "Sweeps"): every point is an ordinary run.
-PLAN_5S5A = ["lstm_5s5a", "small_lstm_5s5a", "vanilla_rnn_5s5a", "small_vanilla_5s5a", "deep_rnn_5s5a",
-             "transformer_5s5a"]
-PLAN_HARDER = ["lstm_5s8a", "small_lstm_5s8a", "lstm_8s8a", "lstm_absorbing"]
-SWEEPS = {
-    # Priority 1 and 2 at the full size (a GPU job): every model on 5s5a, LSTMs on the harder
-    # machines; the probes run on each trained model's best checkpoint at the end of its run.
-    "plan": {"variants": PLAN_5S5A + PLAN_HARDER, "config": {"probe_epochs": 20}, "seeds": 3},
-    # The same plan, CPU-sized (short walks, small datasets, few epochs).
-    "plan_cpu": {"variants": PLAN_5S5A + PLAN_HARDER, "named_configs": ["cpu"], "config": {"probe_epochs": 5},
-                 "seeds": 3},
-}
 
 
 @ex.config
 def config():
-    """One model trained on walks of one kind of machine (or probed: kind="probe")."""
+    # one model trained on walks of one kind of machine (or probed: kind="probe")
     kind = "train"  # "train" a model; "probe": linear probes on init_from's best checkpoint, frozen
     # --- data (fsm.DATASETS; S, A and absorption follow the dataset unless overridden)
     dataset = "5s5a"  # easy (3 states, 3 actions), 5s5a, 5s8a, 8s8a, absorbing (5s5a + an absorbing state)
@@ -208,79 +191,72 @@ def probe():
     probe_epochs = 20
 
 
-# ------------------------------------------------------------------ validation
-def config_error(key, value, why):
-    return observers.ConfigError(f"{key}={value!r} is not allowed: {why}")
+# ------------------------------------------------------------------ config checks (before any run is recorded)
+MODEL_KEYS = ("model", "d_model", "num_layers", "n_heads", "vocab_states", "vocab_actions", "n_transitions")
 
 
-@ex.config_hook
-def validate(config, command_name, logger):
-    """Refuse values the experiment cannot run, before any run is recorded."""
-    choices = {"kind": KINDS, "dataset": tuple(fsm.DATASETS), "model": sequence_models.ARCHITECTURES,
-               "device": DEVICES}
-    for key, allowed in choices.items():
-        if config[key] not in allowed:
-            raise config_error(key, config[key], f"use one of {', '.join(allowed)}")
-    integers = {"n_states": 2, "n_actions": 2, "n_transitions": 1, "train_sequences": 1, "val_sequences": 1,
-                "data_seed": 0, "vocab_states": 2, "vocab_actions": 2, "d_model": 1, "num_layers": 1, "n_heads": 1,
-                "epochs": 0, "batch_size": 1, "max_repeats": 1, "eval_sequences": 0, "probe_epochs": 0,
-                "probe_sequences": 1, "torch_threads": 1}
-    for key, minimum in integers.items():
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise config_error(key, value, f"{key} must be an integer >= {minimum}")
-    for states, vocab in (("n_states", "vocab_states"), ("n_actions", "vocab_actions")):
-        if config[states] > config[vocab]:
-            raise config_error(states, config[states], f"at most {vocab}={config[vocab]} (the shared token space)")
-    if not isinstance(config["absorbing"], bool):
-        raise config_error("absorbing", config["absorbing"], "use true or false")
-    for key in ("lr", "probe_lr"):
-        if not (isinstance(config[key], (int, float)) and config[key] > 0):
-            raise config_error(key, config[key], f"{key} must be > 0")
-    if not (isinstance(config["grad_clip"], (int, float)) and config["grad_clip"] >= 0):
-        raise config_error("grad_clip", config["grad_clip"], "grad_clip must be >= 0 (0: no clipping)")
-    if config["model"] == "transformer" and config["d_model"] % config["n_heads"]:
-        raise config_error("n_heads", config["n_heads"], f"it must divide d_model={config['d_model']}")
-    if config["device"] == "cuda" and not torch.cuda.is_available():
-        raise config_error("device", "cuda", "no CUDA device here; use auto or cpu")
-    if config["kind"] == "probe" and config["init_from"] is None:
-        raise config_error("kind", "probe", "a probe run needs init_from=RUN_ID, the trained run to probe")
-    if config["kind"] == "probe" and config["probe_epochs"] < 1:
-        raise config_error("probe_epochs", config["probe_epochs"], "a probe run trains its probes for >= 1 epoch")
-    if config["init_from"] is not None:
-        checkpoint_state(config)  # raises ConfigError when the run or its checkpoint does not fit
-    return {}
+def make_model(config):
+    """The model a config describes (plain function: the config check builds it before any run)."""
+    return sequence_models.build_model(config["model"], config["vocab_states"] + config["vocab_actions"],
+                                       config["vocab_states"], config["d_model"], config["num_layers"],
+                                       context_length=2 * config["n_transitions"], n_heads=config["n_heads"])
 
 
 def checkpoint_state(config):
     """The best checkpoint of run ``init_from``, checked against the model this config builds."""
     run = config["init_from"]
-    if isinstance(run, bool) or not isinstance(run, (int, str)):
-        raise config_error("init_from", run, "use a run id or a run directory")
     try:
         checkpoint = torch.load(io.BytesIO(observers.read_artifact(run, CHECKPOINT)), weights_only=True)
     except FileNotFoundError as error:
-        raise config_error("init_from", run, f"{error} (name a completed {ex.path} run)") from None
+        raise harness.refuse("init_from", run, f"{error} (name a completed {ex.path} run)") from None
     except Exception as error:  # noqa: BLE001 - an unreadable record or an unreachable database
-        raise config_error("init_from", run, f"its {CHECKPOINT} cannot be read ({type(error).__name__}: "
-                                             f"{str(error).splitlines()[0] if str(error) else ''})") from None
-    model = make_model(config)
-    problems = sequence_models.state_dict_mismatches(model, checkpoint["model_state"])
+        raise harness.refuse("init_from", run, f"its {CHECKPOINT} cannot be read ({type(error).__name__}: "
+                                               f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    problems = sequence_models.state_dict_mismatches(make_model(config), checkpoint["model_state"])
     if problems:
         source = ", ".join(f"{key}={value!r}" for key, value in checkpoint["model_config"].items())
-        raise config_error("init_from", run, f"its checkpoint does not fit this model ({problems[0]}; "
-                                             f"{len(problems)} mismatch(es)); the checkpoint's model: {source}")
+        raise harness.refuse("init_from", run, f"its checkpoint does not fit this model ({problems[0]}; "
+                                               f"{len(problems)} mismatch(es)); the checkpoint's model: {source}")
     return checkpoint
 
 
-MODEL_KEYS = ("model", "d_model", "num_layers", "n_heads", "vocab_states", "vocab_actions", "n_transitions")
+def checkpoint_fits(config):
+    """init_from names a run whose best checkpoint fits the model this config builds."""
+    if config["init_from"] is not None:
+        checkpoint_state(config)
 
 
-def make_model(config):
-    """The model a config describes (plain function: the validation hook calls it before any run)."""
-    return sequence_models.build_model(config["model"], config["vocab_states"] + config["vocab_actions"],
-                                       config["vocab_states"], config["d_model"], config["num_layers"],
-                                       context_length=2 * config["n_transitions"], n_heads=config["n_heads"])
+def names_a_run(value) -> bool:
+    return value is None or (isinstance(value, (int, str)) and not isinstance(value, bool))
+
+
+def is_probe(config) -> bool:
+    return config["kind"] == "probe"
+
+
+ex.config_hook(harness.checks(
+    harness.choice({"kind": KINDS, "dataset": tuple(fsm.DATASETS), "model": sequence_models.ARCHITECTURES,
+                    "device": DEVICES}),
+    harness.integer({"n_states": 2, "n_actions": 2, "n_transitions": 1, "train_sequences": 1, "val_sequences": 1,
+                     "data_seed": 0, "vocab_states": 2, "vocab_actions": 2, "d_model": 1, "num_layers": 1,
+                     "n_heads": 1, "epochs": 0, "batch_size": 1, "max_repeats": 1, "eval_sequences": 0,
+                     "probe_epochs": 0, "probe_sequences": 1, "torch_threads": 1}),
+    harness.rule("n_states", lambda c: c["n_states"] <= c["vocab_states"],
+                 lambda c: f"at most vocab_states={c['vocab_states']} (the shared token space)"),
+    harness.rule("n_actions", lambda c: c["n_actions"] <= c["vocab_actions"],
+                 lambda c: f"at most vocab_actions={c['vocab_actions']} (the shared token space)"),
+    harness.boolean("absorbing"),
+    harness.positive("lr", "probe_lr"),
+    harness.non_negative("grad_clip", why="0: no clipping"),
+    harness.divides("n_heads", "d_model", when=lambda c: c["model"] == "transformer"),
+    harness.cuda_available("device"),
+    harness.rule("kind", lambda c: c["init_from"] is not None,
+                 "a probe run needs init_from=RUN_ID, the trained run to probe", when=is_probe),
+    harness.rule("probe_epochs", lambda c: c["probe_epochs"] >= 1, "a probe run trains its probes for >= 1 epoch",
+                 when=is_probe),
+    harness.rule("init_from", lambda c: names_a_run(c["init_from"]), "use a run id or a run directory"),
+    checkpoint_fits,
+))
 
 
 # ------------------------------------------------------------------ data and model
@@ -303,31 +279,56 @@ def train_settings(epochs, batch_size, lr, grad_clip, eval_sequences, max_repeat
     return fsm_train.TrainSettings(epochs, batch_size, lr, grad_clip, eval_sequences, max_repeats, seed)
 
 
-@ex.capture
-def run_probes(_run, model, train_split, val_split, probe_sequences, probe_epochs, probe_lr, batch_size, seed,
-               device):
-    """Linear probes per layer on the frozen model; metrics probe.layerK.*, result keys flat."""
-    def log(epoch, metrics):
-        for name, value in metrics.items():
-            if math.isfinite(value):
-                _run.log_scalar(f"probe.{name}", value, epoch)
-
-    results = fsm_train.fit_probes(model, train_split, val_split, probe_sequences, probe_epochs, probe_lr,
-                                   batch_size, device, seed, on_epoch=log)
-    return {f"probe_{name}_layer{layer}": finite_or_none(value)
-            for layer, measured in results.items() for name, value in measured.items()}
+def finite(metrics: dict) -> dict:
+    """The measured values (an empty bucket of the in-context curve, or a probe with no
+    entries to decode, has no value)."""
+    return {name: value for name, value in metrics.items() if math.isfinite(value)}
 
 
 def finite_or_none(value):
     return value if math.isfinite(value) else None
 
 
-def model_description(config) -> dict:
-    return {key: config[key] for key in MODEL_KEYS}
+@ex.capture
+def run_probes(_run, model, train_split, val_split, probe_sequences, probe_epochs, probe_lr, batch_size, seed,
+               device):
+    """Linear probes per layer on the frozen model; metrics probe.layerK.*, result keys flat."""
+    curves = harness.Curves(_run)
+    results = fsm_train.fit_probes(model, train_split, val_split, probe_sequences, probe_epochs, probe_lr,
+                                   batch_size, device, seed,
+                                   on_epoch=lambda epoch, metrics: curves.log(epoch, finite(metrics), "probe"))
+    return {f"probe_{name}_layer{layer}": finite_or_none(value)
+            for layer, measured in results.items() for name, value in measured.items()}
+
+
+def probe_outcome(probes: dict, num_layers: int) -> str:
+    """The probes' accuracies by layer, as one line."""
+    def by_layer(name):
+        values = (probes[f"probe_{name}_layer{layer}"] for layer in range(num_layers + 1))
+        return f"{name} " + "/".join("-" if value is None else f"{value:.3f}" for value in values)
+
+    return "linear probes by layer (0: the embedding): " + ", ".join(
+        map(by_layer, ("state_acc", "table_acc", "unseen_acc")))
+
+
+# ------------------------------------------------------------------ sweeps
+# The plan as named sweeps (python -m sweeps experiments/fsm_icl.py --sweep NAME; README
+# "Sweeps"): every point is an ordinary run.
+PLAN_5S5A = ["lstm_5s5a", "small_lstm_5s5a", "vanilla_rnn_5s5a", "small_vanilla_5s5a", "deep_rnn_5s5a",
+             "transformer_5s5a"]
+PLAN_HARDER = ["lstm_5s8a", "small_lstm_5s8a", "lstm_8s8a", "lstm_absorbing"]
+SWEEPS = {
+    # Priority 1 and 2 at the full size (a GPU job): every model on 5s5a, LSTMs on the harder
+    # machines; the probes run on each trained model's best checkpoint at the end of its run.
+    "plan": {"variants": PLAN_5S5A + PLAN_HARDER, "config": {"probe_epochs": 20}, "seeds": 3},
+    # The same plan, CPU-sized (short walks, small datasets, few epochs).
+    "plan_cpu": {"variants": PLAN_5S5A + PLAN_HARDER, "named_configs": ["cpu"], "config": {"probe_epochs": 5},
+                 "seeds": 3},
+}
 
 
 @ex.automain
-def main(_run, _config, kind, init_from, epochs, probe_epochs, n_states, device, torch_threads):
+def main(_run, _config, kind, init_from, epochs, probe_epochs, n_states, num_layers, device, torch_threads):
     torch.set_num_threads(torch_threads)
     device = select_device(device)
     train_split, val_split = build_split("train"), build_split("val")
@@ -338,7 +339,7 @@ def main(_run, _config, kind, init_from, epochs, probe_epochs, n_states, device,
                  "p_first": fsm.first_occurrence_fraction(counts),
                  "ceiling": fsm.accuracy_ceiling(counts, n_states)}
     _run.info.update(reference)
-    print(f"{_config['model']} d_model={_config['d_model']} num_layers={_config['num_layers']}: "
+    print(f"{_config['model']} d_model={_config['d_model']} num_layers={num_layers}: "
           f"{n_parameters} parameters; dataset {_config['dataset']} (S={n_states}, A={_config['n_actions']}), "
           f"accuracy ceiling {reference['ceiling']:.3f}, chance {reference['chance']:.3f}")
     if init_from is not None:
@@ -348,37 +349,28 @@ def main(_run, _config, kind, init_from, epochs, probe_epochs, n_states, device,
                                   "val_acc": checkpoint["val_acc"], "dataset": checkpoint["dataset"]}
     model.to(device)
     if kind == "probe":
-        result = {**reference, **run_probes(model=model, train_split=train_split, val_split=val_split,
-                                            device=device)}
-        print(f"run {_run._id}: {observers.describe(_run)}")
-        return result
+        probes = run_probes(model=model, train_split=train_split, val_split=val_split, device=device)
+        harness.report(_run, probe_outcome(probes, num_layers))
+        return {**reference, **probes}
 
-    curves = observers.Curves(_run)
+    curves = harness.Curves(_run)
     best = {"val.acc": -1.0}
 
     def on_epoch(epoch, metrics):
-        # an empty bucket of the in-context curve has no value
-        curves.log(epoch, {name: value for name, value in metrics.items() if math.isfinite(value)})
+        curves.log(epoch, finite(metrics))
         if metrics["val.acc"] > best["val.acc"]:
             state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
             best.update(metrics, epoch=epoch, state=state)
 
-    def save_checkpoint():
-        if "state" not in best:
-            return
-        checkpoint = {"model_state": best["state"], "model_config": model_description(_config),
-                      "epoch": best["epoch"], "val_acc": best["val.acc"], "dataset": _config["dataset"]}
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save(checkpoint, Path(tmp) / CHECKPOINT)
-            _run.add_artifact(str(Path(tmp) / CHECKPOINT), CHECKPOINT)
-
     try:
         final = fsm_train.train(model, train_split, val_split, train_settings(), device, on_epoch,
-                                progress=observers.on_terminal())
-    except BaseException:  # interrupted or failed: keep the best model so far
-        save_checkpoint()
-        raise
-    save_checkpoint()
+                                progress=harness.on_terminal())
+    finally:  # also when interrupted or failed: the best model so far is kept
+        if "state" in best:
+            harness.save_torch(_run, {"model_state": best["state"],
+                                      "model_config": {key: _config[key] for key in MODEL_KEYS},
+                                      "epoch": best["epoch"], "val_acc": best["val.acc"],
+                                      "dataset": _config["dataset"]}, CHECKPOINT)
 
     result = dict(reference)
     for name in ("train.acc", "train.loss", "val.acc", "val.loss", "val.first_acc", "val.repeat_acc",
@@ -393,21 +385,18 @@ def main(_run, _config, kind, init_from, epochs, probe_epochs, n_states, device,
         result.update(run_probes(model=model, train_split=train_split, val_split=val_split, device=device))
     _run.info.update({key: value for key, value in result.items() if not key.startswith("probe_")})
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        title = f"{_config['model']} d={_config['d_model']} L={_config['num_layers']} on {_config['dataset']}"
-        _run.add_artifact(figures.save(fsm_figures.epoch_curves(curves, reference["chance"], reference["ceiling"],
-                                                                title), tmp / "accuracy.png"), "accuracy.png")
-        if epochs:
-            icl = result["final_val_icl_acc"]
-            repeats = [k for k, value in enumerate(icl) if value is not None]
-            series = {"validation": (repeats, [icl[k] for k in repeats], None)}
-            _run.add_artifact(figures.save(fsm_figures.icl_curve_figure(series, reference["chance"], title),
-                                           tmp / "in_context_curve.png"), "in_context_curve.png")
-
-    print(f"run {_run._id}: {observers.describe(_run)}")
-    if epochs:
-        print(f"final validation accuracy {result['final_val_acc']:.3f} (first occurrences "
-              f"{result['final_val_first_acc']:.3f}, repeats {result['final_val_repeat_acc']}); best "
-              f"{result['best_val_acc']:.3f} at epoch {result['best_epoch']}")
+    title = f"{_config['model']} d={_config['d_model']} L={num_layers} on {_config['dataset']}"
+    harness.save_figure(_run, fsm_figures.epoch_curves(curves, reference["chance"], reference["ceiling"], title),
+                        "accuracy.png")
+    if not epochs:
+        harness.report(_run, "epochs=0: nothing trained, nothing measured")
+        return result
+    icl = result["final_val_icl_acc"]
+    repeats = [k for k, value in enumerate(icl) if value is not None]
+    series = {"validation": (repeats, [icl[k] for k in repeats], None)}
+    harness.save_figure(_run, fsm_figures.icl_curve_figure(series, reference["chance"], title),
+                        "in_context_curve.png")
+    harness.report(_run, f"final validation accuracy {result['final_val_acc']:.3f} (first occurrences "
+                         f"{result['final_val_first_acc']:.3f}, repeats {result['final_val_repeat_acc']}); best "
+                         f"{result['best_val_acc']:.3f} at epoch {result['best_epoch']}")
     return result

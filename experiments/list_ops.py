@@ -15,23 +15,16 @@ one test example per operation with each head's attention entropy (focused vs di
     python experiments/list_ops.py with no_positions   # ablation: First/Second/Last lose their cue
     python experiments/list_ops.py with ci             # CI-sized: short lists, seconds
 """
-import json
-import tempfile
-from pathlib import Path
-
-import observers  # first: it quiets Sacred's import-time warning
-
 import torch
-from sacred import Experiment
 
-from analysis import figures
+import harness
 from analysis.list_ops import attention_figure, operation_bars, training_curves
 from toymodels import list_ops
-from toymodels.transformer import select_device
+from toymodels.transformer import DEVICES, select_device
 
-ex = observers.attach(Experiment("list_ops"))
+ex = harness.experiment("list_ops")
 
-# Named sweeps for `python -m experiments.sweep experiments/list_ops.py --sweep NAME`.
+# Named sweeps for `python -m sweeps experiments/list_ops.py --sweep NAME`.
 SWEEPS = {
     "sizes": {"variants": ["small", "medium"], "seeds": 5},
     "positions": {"grid": {"positions": ["sinusoidal", "learned", "none"]}, "seeds": 3},
@@ -102,45 +95,40 @@ def ci():
     lr = 3e-3
 
 
-@ex.config_hook
-def validate(config, command_name, logger):
-    """Refuse values the experiment cannot run, before any run is recorded."""
-    choices = {"size": tuple(list_ops.SIZES), "positions": list_ops.POSITIONS, "readout": list_ops.READOUTS,
-               "device": ("auto", "cpu", "cuda")}
-    for key, allowed in choices.items():
-        if config[key] not in allowed:
-            raise observers.ConfigError(f"{key}={config[key]!r} is not allowed: use one of {', '.join(allowed)}")
+def _distinct_list(config):
     operations = config["operations"]
-    if not isinstance(operations, list) or not operations or len(set(operations)) != len(operations):
-        raise observers.ConfigError(f"operations={operations!r} is not allowed: it must be a non-empty list of "
-                                    f"distinct names from {', '.join(list_ops.OPERATIONS)}")
-    for name in operations:
-        if name not in list_ops.OPERATIONS:
-            raise observers.ConfigError(f"operations={operations!r} is not allowed: unknown operation {name!r} "
-                                        f"(allowed: {', '.join(list_ops.OPERATIONS)})")
-    integers = {"n_examples": 10, "min_length": 1, "max_length": 1, "d_model": 1, "n_heads": 1, "n_layers": 1,
-                "d_ff": 1, "batch_size": 1, "epochs": 1, "n_sample_predictions": 0, "torch_threads": 1}
-    for key, minimum in integers.items():
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise observers.ConfigError(f"{key}={value!r} is not allowed: {key} must be an integer >= {minimum}")
-    if config["max_length"] < config["min_length"] or ("Second" in operations and config["max_length"] < 2):
-        raise observers.ConfigError(f"max_length={config['max_length']!r} is not allowed: it must be >= "
-                                    f"min_length={config['min_length']} (and >= 2 when Second is asked)")
-    if config["d_model"] % config["n_heads"]:
-        raise observers.ConfigError(f"n_heads={config['n_heads']!r} is not allowed: it must divide "
-                                    f"d_model={config['d_model']}")
-    if config["positions"] == "sinusoidal" and config["d_model"] % 2:
-        raise observers.ConfigError(f"d_model={config['d_model']!r} is not allowed with sinusoidal positions: "
-                                    "it must be even")
-    if not config["lr"] > 0:
-        raise observers.ConfigError(f"lr={config['lr']!r} is not allowed: lr must be > 0")
-    for key in ("dropout", "focused_below"):
-        if not 0 <= config[key] < 1:
-            raise observers.ConfigError(f"{key}={config[key]!r} is not allowed: it must be in [0, 1)")
-    if config["device"] == "cuda" and not torch.cuda.is_available():
-        raise observers.ConfigError("device='cuda' is not allowed: no CUDA device here; use auto or cpu")
-    return {}
+    return isinstance(operations, list) and len(operations) > 0 and len(set(operations)) == len(operations)
+
+
+def _unknown_operations(config):
+    return [name for name in config["operations"] if name not in list_ops.OPERATIONS]
+
+
+def _max_length_fits(config):
+    return config["max_length"] >= config["min_length"] and ("Second" not in config["operations"]
+                                                             or config["max_length"] >= 2)
+
+
+ex.config_hook(harness.checks(
+    harness.choice({"size": tuple(list_ops.SIZES), "positions": list_ops.POSITIONS, "readout": list_ops.READOUTS,
+                    "device": DEVICES}),
+    harness.rule("operations", _distinct_list,
+                 f"it must be a non-empty list of distinct names from {', '.join(list_ops.OPERATIONS)}"),
+    harness.rule("operations", lambda c: not _unknown_operations(c),
+                 lambda c: f"unknown operation {_unknown_operations(c)[0]!r} "
+                           f"(allowed: {', '.join(list_ops.OPERATIONS)})"),
+    harness.integer({"n_examples": 10, "min_length": 1, "max_length": 1, "d_model": 1, "n_heads": 1, "n_layers": 1,
+                     "d_ff": 1, "batch_size": 1, "epochs": 1, "n_sample_predictions": 0, "torch_threads": 1}),
+    harness.rule("max_length", _max_length_fits,
+                 lambda c: f"it must be >= min_length={c['min_length']} (and >= 2 when Second is asked)"),
+    harness.divides("n_heads", "d_model"),
+    harness.rule("d_model", lambda c: c["d_model"] % 2 == 0, "it must be even with sinusoidal positions",
+                 when=lambda c: c["positions"] == "sinusoidal"),
+    harness.positive("lr"),
+    harness.within("dropout", 0, 1, closed="low"),
+    harness.within("focused_below", 0, 1, closed="low"),
+    harness.cuda_available("device"),
+))
 
 
 # ------------------------------------------------------------------ data and model
@@ -181,25 +169,19 @@ def main(_run, epochs, lr, batch_size, seed, n_sample_predictions, focused_below
     model = build_model().to(device)
     _run.info["parameters"] = list_ops.parameter_counts(model)
     _run.info["split_sizes"] = {name: len(part) for name, part in splits.items()}
-
-    def log(epoch, metrics):
-        for name, value in metrics.items():
-            _run.log_scalar(name, value, epoch)
-
-    trained = list_ops.train(model, splits, epochs, lr, batch_size, seed, on_epoch=log, progress=observers.on_terminal())
+    curves = harness.Curves(_run)
+    trained = list_ops.train(model, splits, epochs, lr, batch_size, seed, on_epoch=curves.log,
+                             progress=harness.on_terminal())
     model.load_state_dict(trained.best_state)  # everything below is the best checkpoint by val accuracy
     test = splits["test"]
     by_operation = list_ops.accuracy_by_operation(model, test)
-    for name, value in by_operation.items():
-        _run.log_scalar(f"test.acc.{name}" if name != "all" else "test.acc", value, trained.best_epoch)
+    curves.log(trained.best_epoch, {f"test.acc.{name}" if name != "all" else "test.acc": value
+                                    for name, value in by_operation.items()})
 
     # attention of one test example per operation, and each head's normalised entropy
     examples = list_ops.first_example_per_operation(test)
-    entropy = {}
-    maps = {}
-    for name, index in examples.items():
-        maps[name] = [m.cpu() for m in list_ops.attention_maps(model, test, index)]
-        entropy[name] = [list_ops.attention_entropy(m).tolist() for m in maps[name]]
+    maps = {name: [m.cpu() for m in list_ops.attention_maps(model, test, index)] for name, index in examples.items()}
+    entropy = {name: [list_ops.attention_entropy(m).tolist() for m in maps[name]] for name in examples}
     _run.info["attention_entropy"] = entropy  # operation -> layer -> head: H / log n (0 focused, 1 uniform)
 
     result = {"test_acc": by_operation["all"], "best_epoch": trained.best_epoch,
@@ -209,25 +191,18 @@ def main(_run, epochs, lr, batch_size, seed, n_sample_predictions, focused_below
               "min_operation_acc": min(v for k, v in by_operation.items() if k != "all"),
               "focused_heads": sum(h < focused_below for ops in entropy.values() for layer in ops for h in layer),
               "heads_measured": sum(len(layer) for ops in entropy.values() for layer in ops)}
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        torch.save(trained.best_state, tmp / "best_model.pt")
-        _run.add_artifact(str(tmp / "best_model.pt"), "best_model.pt")
-        (tmp / "predictions.txt").write_text(
-            predictions_text(list_ops.top_predictions(model, test, n_sample_predictions)))
-        _run.add_artifact(str(tmp / "predictions.txt"), "predictions.txt")
-        (tmp / "attention_entropy.json").write_text(json.dumps(entropy, indent=1))
-        _run.add_artifact(str(tmp / "attention_entropy.json"), "attention_entropy.json")
-        artifacts = {"per_operation_accuracy.png": operation_bars(by_operation),
-                     "training_curves.png": training_curves(trained.history, trained.best_epoch)}
-        for name, index in examples.items():
-            artifacts[f"attention_{name}.png"] = attention_figure(maps[name], test.texts[index], focused_below)
-        for filename, fig in artifacts.items():
-            _run.add_artifact(figures.save(fig, tmp / filename), filename)
-
     _run.info.update(result)
-    print(f"run {_run._id}: {observers.describe(_run)}")
-    print(f"best epoch {trained.best_epoch} (val acc {result['best_val_acc']:.3f}); test acc {result['test_acc']:.3f}; "
-          + ", ".join(f"{k} {v:.3f}" for k, v in by_operation.items() if k != "all"))
+
+    harness.save_torch(_run, trained.best_state, "best_model.pt")
+    harness.save_text(_run, predictions_text(list_ops.top_predictions(model, test, n_sample_predictions)),
+                      "predictions.txt")
+    harness.save_json(_run, entropy, "attention_entropy.json")
+    harness.save_figure(_run, operation_bars(by_operation), "per_operation_accuracy.png")
+    harness.save_figure(_run, training_curves(trained.history, trained.best_epoch), "training_curves.png")
+    for name, index in examples.items():
+        harness.save_figure(_run, attention_figure(maps[name], test.texts[index], focused_below),
+                            f"attention_{name}.png")
+    harness.report(_run, f"best epoch {trained.best_epoch} (val acc {result['best_val_acc']:.3f}); test acc "
+                         f"{result['test_acc']:.3f}; "
+                         + ", ".join(f"{k} {v:.3f}" for k, v in by_operation.items() if k != "all"))
     return result

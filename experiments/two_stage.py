@@ -21,23 +21,17 @@ agreement over epochs, sample efficiency, key numbers).
     python experiments/two_stage.py with anisotropic         # inputs with principal components
     python experiments/two_stage.py with full                # ResNet-18, 3x32x32, 50k samples: a GPU job
 """
-import tempfile
-from pathlib import Path
-
-import observers  # first: it quiets Sacred's import-time warning
-
 import torch
-from sacred import Experiment
 
-from analysis import figures
+import harness
 from analysis.two_stage import summary_figure
 from toymodels import two_stage
 from toymodels.classifier import predict
-from toymodels.transformer import select_device
+from toymodels.transformer import DEVICES, select_device
 
-ex = observers.attach(Experiment("two_stage"))
+ex = harness.experiment("two_stage")
 
-# Named sweeps for `python -m experiments.sweep experiments/two_stage.py --sweep NAME`.
+# Named sweeps for `python -m sweeps experiments/two_stage.py --sweep NAME`.
 SWEEPS = {
     "input_dim": {"grid": {"input_dim": [20, 50, 100, 200]}, "seeds": 5},
     "architecture": {"grid": {"hidden_sizes": [[64], [256, 128, 64], [512, 512, 256, 128]]}, "seeds": 5},
@@ -53,7 +47,7 @@ def config():
     input_dim = 100  # dimension of each input (for resnet18: channels * s * s)
     input_cov = "isotropic"  # "isotropic", or "power_law": variance of coordinate k ~ k^-cov_exponent (mean 1)
     cov_exponent = 1.0  # power_law only
-    n_classes = 10
+    n_classes = 10  # the random labels are uniform over this many classes (chance agreement ~1/n_classes)
     stage1_samples = 5000  # inputs Network_1 memorises, with uniformly random labels
     stage2_samples = 5000  # fresh inputs labelled by Network_1's argmax, for Network_2
     test_samples = 1000  # fresh held-out inputs on which the two networks are compared
@@ -64,8 +58,8 @@ def config():
     channels = 3  # resnet18: input channels
     resnet_width = 64  # resnet18: width of the first stage (64: the standard network)
     # --- optimisation: Adam, minibatches, cross-entropy
-    lr = 1e-3
-    batch_size = 128
+    lr = 1e-3  # Adam learning rate of every network, both stages
+    batch_size = 128  # examples per step, reshuffled every epoch
     epochs_stage1 = 300  # at most this many epochs; stage 1 stops once it fits (stage1_target_acc)
     stage1_target_acc = 1.0  # train accuracy on the random labels at which stage 1 counts as fitted
     epochs_stage2 = 100  # every stage-2 network (main, control, ceiling, sample sizes) trains this many epochs
@@ -118,48 +112,24 @@ def full():
     device = "auto"
 
 
-@ex.config_hook
-def validate(config, command_name, logger):
-    """Refuse values the experiment cannot run, before any run is recorded."""
-    choices = {"architecture": two_stage.ARCHITECTURES, "input_cov": two_stage.INPUT_COVARIANCES,
-               "device": ("auto", "cpu", "cuda")}
-    for key, allowed in choices.items():
-        if config[key] not in allowed:
-            raise observers.ConfigError(f"{key}={config[key]!r} is not allowed: use one of {', '.join(allowed)}")
-    integers = {"input_dim": 1, "n_classes": 2, "stage1_samples": 1, "stage2_samples": 1, "test_samples": 1,
-                "channels": 1, "resnet_width": 1, "batch_size": 1, "epochs_stage1": 1, "epochs_stage2": 1,
-                "torch_threads": 1}
-    for key, minimum in integers.items():
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise observers.ConfigError(f"{key}={value!r} is not allowed: {key} must be an integer >= {minimum}")
-    hidden = config["hidden_sizes"]
-    if not isinstance(hidden, list) or not hidden or not all(
-            isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
-        raise observers.ConfigError(f"hidden_sizes={hidden!r} is not allowed: it must be a non-empty list of "
-                                    "positive integers (the hidden layer widths)")
-    sizes = config["sample_sizes"]
-    if not isinstance(sizes, list) or not sizes or not all(
-            isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= config["stage2_samples"] for n in sizes):
-        raise observers.ConfigError(f"sample_sizes={sizes!r} is not allowed: it must be a non-empty list of "
-                                    f"integers between 1 and stage2_samples={config['stage2_samples']}")
-    if config["architecture"] == "resnet18" and two_stage.image_size_for(config["input_dim"],
-                                                                         config["channels"]) is None:
-        raise observers.ConfigError(f"input_dim={config['input_dim']!r} is not allowed with architecture='resnet18': "
-                                    f"it must be channels * s * s (channels={config['channels']})")
-    if not config["lr"] > 0:
-        raise observers.ConfigError(f"lr={config['lr']!r} is not allowed: lr must be > 0")
-    if not config["cov_exponent"] >= 0:
-        raise observers.ConfigError(f"cov_exponent={config['cov_exponent']!r} is not allowed: it must be >= 0")
-    if not 0 < config["stage1_target_acc"] <= 1:
-        raise observers.ConfigError(f"stage1_target_acc={config['stage1_target_acc']!r} is not allowed: it must be "
-                                    "in (0, 1]")
-    for key in ("control", "ceiling"):
-        if not isinstance(config[key], bool):
-            raise observers.ConfigError(f"{key}={config[key]!r} is not allowed: use true or false")
-    if config["device"] == "cuda" and not torch.cuda.is_available():
-        raise observers.ConfigError("device='cuda' is not allowed: no CUDA device here; use auto or cpu")
-    return {}
+ex.config_hook(harness.checks(
+    harness.choice({"architecture": two_stage.ARCHITECTURES, "input_cov": two_stage.INPUT_COVARIANCES,
+                    "device": DEVICES}),
+    harness.integer({"input_dim": 1, "n_classes": 2, "stage1_samples": 1, "stage2_samples": 1, "test_samples": 1,
+                     "channels": 1, "resnet_width": 1, "batch_size": 1, "epochs_stage1": 1, "epochs_stage2": 1,
+                     "torch_threads": 1}),
+    harness.integer_list({"hidden_sizes": 1, "sample_sizes": 1}),
+    harness.rule("sample_sizes", lambda c: max(c["sample_sizes"]) <= c["stage2_samples"],
+                 lambda c: f"every size must be at most stage2_samples={c['stage2_samples']}"),
+    harness.rule("input_dim", lambda c: two_stage.image_size_for(c["input_dim"], c["channels"]) is not None,
+                 lambda c: f"with architecture='resnet18' it must be channels * s * s (channels={c['channels']})",
+                 when=lambda c: c["architecture"] == "resnet18"),
+    harness.positive("lr"),
+    harness.non_negative("cov_exponent"),
+    harness.within("stage1_target_acc", 0, 1, closed="high"),
+    harness.boolean("control", "ceiling"),
+    harness.cuda_available("device"),
+))
 
 
 # ------------------------------------------------------------------ data and networks
@@ -188,7 +158,7 @@ def build_network(role, architecture, input_dim, hidden_sizes, n_classes, channe
 def train_network(model, inputs, labels, role, epochs, lr, batch_size, seed, on_epoch=None, stop_at_acc=None,
                   index=0):
     return two_stage.fit(model, inputs, labels, epochs, lr, batch_size, stream_seed(seed, role, index),
-                         stop_at_acc=stop_at_acc, on_epoch=on_epoch, progress=observers.on_terminal())
+                         stop_at_acc=stop_at_acc, on_epoch=on_epoch, progress=harness.on_terminal())
 
 
 @ex.automain
@@ -196,7 +166,7 @@ def main(_run, n_classes, stage1_samples, stage2_samples, test_samples, sample_s
          stage1_target_acc, epochs_stage2, control, ceiling, seed, torch_threads, device):
     torch.set_num_threads(torch_threads)
     device = select_device(device)
-    curves = observers.Curves(_run)
+    curves = harness.Curves(_run)
 
     def logger(prefix):
         return lambda epoch, stats: curves.log(epoch, stats, prefix=prefix)
@@ -261,14 +231,10 @@ def main(_run, n_classes, stage1_samples, stage2_samples, test_samples, sample_s
     result.update({f"agreement_n{n}": m["agreement"] for n, m in efficiency.items()})
     _run.info.update(result)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "summary.png"
-        figures.save(summary_figure(curves, efficiency, result, n_classes), path)
-        _run.add_artifact(str(path), "summary.png")
-
-    print(f"run {_run._id}: {observers.describe(_run)}")
-    print(f"stage 1 fitted {result['stage1_train_acc']:.3f} of the random labels in {len(stage1)} epochs; "
-          f"held-out agreement {final['agreement']:.3f} (kappa {final['kappa']:.3f}, output correlation "
-          f"{final['correlation']:.3f})" + (f"; control {result['control_agreement']:.3f}" if control else "")
-          + (f"; ceiling {result['ceiling_agreement']:.3f}" if ceiling else ""))
+    harness.save_figure(_run, summary_figure(curves, efficiency, result, n_classes), "summary.png")
+    harness.report(_run, f"stage 1 fitted {result['stage1_train_acc']:.3f} of the random labels in {len(stage1)} "
+                         f"epochs; held-out agreement {final['agreement']:.3f} (kappa {final['kappa']:.3f}, output "
+                         f"correlation {final['correlation']:.3f})"
+                         + (f"; control {result['control_agreement']:.3f}" if control else "")
+                         + (f"; ceiling {result['ceiling_agreement']:.3f}" if ceiling else ""))
     return result

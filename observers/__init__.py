@@ -24,13 +24,13 @@ import threading
 import warnings
 from pathlib import Path
 
-# Sacred imports pkg_resources, which warns on every start; nothing a user can act on.
+# Sacred imports pkg_resources, which warns on every start; nothing a user can act on (harness
+# filters it too: whichever of the two is imported first, no Sacred start warns).
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 from sacred import Experiment  # noqa: E402
 from sacred.observers import FileStorageObserver, MongoObserver  # noqa: E402
-from sacred.utils import SacredError, apply_backspaces_and_linefeeds  # noqa: E402
-
+from sacred.utils import apply_backspaces_and_linefeeds  # noqa: E402
 
 
 class AtomicFileStorageObserver(FileStorageObserver):
@@ -58,13 +58,6 @@ class AtomicFileStorageObserver(FileStorageObserver):
 _OBSERVER_OPTIONS = ("--file_storage", "--mongo_db", "--sql", "--tiny_db", "--s3", "--gcs", "--queue")
 
 
-class ConfigError(SacredError):
-    """A config value outside what the experiment allows; printed as one line."""
-
-    def __init__(self, message: str):
-        super().__init__(message, print_traceback=False)
-
-
 class Terminated(KeyboardInterrupt):
     """Raised in the run when the process receives SIGTERM: the run ends INTERRUPTED.
 
@@ -78,17 +71,6 @@ class Terminated(KeyboardInterrupt):
 
     def __init__(self):
         super().__init__("received SIGTERM")
-
-
-# Read once, when an experiment imports observers: during a run Sacred's output capture
-# points stderr at a pipe, so tqdm's own check would hide every progress bar.
-_STDERR_IS_TERMINAL = sys.stderr.isatty()
-
-
-def on_terminal() -> bool:
-    """Whether the experiment was started on a terminal (then progress bars are drawn;
-    the captured output keeps only their last state)."""
-    return _STDERR_IS_TERMINAL
 
 
 def runs_dir() -> Path:
@@ -173,25 +155,6 @@ def attach(ex: Experiment) -> Experiment:
 
     ex.run_commandline = run_commandline_reporting_an_interrupt_in_one_line
     return ex
-
-
-class Curves(dict):
-    """Metrics logged to a run and kept in memory as ``{name: (steps, values)}``, so the
-    run's figures draw exactly the points the run recorded (curves belong in metrics, not
-    in ``_run.info``)."""
-
-    def __init__(self, run):
-        super().__init__()
-        self._run = run
-
-    def log(self, step: int, metrics: dict, prefix: str = "") -> None:
-        """Log each ``name: value`` at ``step`` (as ``prefix.name`` when a prefix is given)."""
-        for name, value in metrics.items():
-            name = f"{prefix}.{name}" if prefix else name
-            self._run.log_scalar(name, value, step)
-            steps, values = self.setdefault(name, ([], []))
-            steps.append(step)
-            values.append(value)
 
 
 def describe(run) -> str:

@@ -28,6 +28,26 @@ def test_print_config_named_config_and_unobserved(tmp_path):
     assert not run_dirs(tmp_path / "runs")
 
 
+@pytest.mark.parametrize("experiment, named", [("grokking.py", "paper"), ("grokking.py", "sacred_script"),
+                                               ("grokking_transformer.py", "small")])
+def test_named_config_is_documented_without_a_doc_config_entry(tmp_path, experiment, named):
+    """Sacred evaluates a named config's body as module code, where its docstring sets
+    ``__doc__``: every run warned 'Added new config entry: "__doc__"' and recorded the
+    docstring as a config key (a column of every runs table)."""
+    runs = tmp_path / "runs"
+    result = run_script([f"experiments/{experiment}", "with", named, "train_steps=20"],
+                        env={"TOYLAB_RUNS_DIR": str(runs)})
+    assert result.returncode == 0, result.stderr
+    assert "Added new config entry" not in result.stderr and "WARNING" not in result.stderr
+    [run_dir] = run_dirs(runs)
+    assert "__doc__" not in json.loads((run_dir / "config.json").read_text())
+    # the experiment file, not the harness that constructs the Experiment, is the recorded main file
+    recorded = json.loads((run_dir / "run.json").read_text())["experiment"]
+    assert recorded["mainfile"] == experiment and [source for source, _ in recorded["sources"]] == [experiment]
+    assert {"toylab", "torch", "sacred"} <= {dependency.split("==")[0] for dependency in recorded["dependencies"]}
+    assert "__doc__" not in run_script([f"experiments/{experiment}", "print_config", "with", named]).stdout
+
+
 def test_file_storage_flag_name_and_comment(tmp_path):
     env = {"TOYLAB_RUNS_DIR": str(tmp_path / "default")}
     result = run_script(["experiments/grokking.py", "-F", str(tmp_path / "elsewhere"), "-n", "my-run", "-c",

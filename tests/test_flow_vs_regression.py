@@ -294,11 +294,11 @@ BAD = [("mode=diffusion", "mode"), ("kind=denoise", "kind"), ("network.architect
 
 @pytest.mark.parametrize("update, key", BAD)
 def test_bad_input_is_refused_before_a_run_exists(update, key):
-    import observers
+    import harness
     from experiments.flow_vs_regression import ex
 
     name, value = update.split("=")
-    with pytest.raises(observers.ConfigError, match=rf"^{key}=.* is not allowed: "):
+    with pytest.raises(harness.ConfigError, match=rf"^{key}=.* is not allowed: "):
         ex.run(config_updates={name: json.loads(value) if value[0].isdigit() or value[0] == "-" else value})
     assert not Path(os.environ["TOYLAB_RUNS_DIR"]).exists()
 
@@ -310,7 +310,7 @@ def test_bad_input_on_the_command_line_is_one_line_and_records_nothing(tmp_path)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("observers.ConfigError: mode='diffusion' is not allowed: use one of regression, flow")
+    assert lines[0].startswith("harness.ConfigError: mode='diffusion' is not allowed: use one of regression, flow")
     assert not runs_dir.exists()
 
 

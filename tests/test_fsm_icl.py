@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import observers
+import harness
 from conftest import run_script
 from toymodels import fsm, fsm_train, sequence_models
 
@@ -240,7 +240,7 @@ def test_curriculum_reads_the_checkpoint_from_mongodb(monkeypatch, tmp_path, dat
 def test_bad_input_is_refused_before_a_run(update, key, says, data_dir):
     from experiments.fsm_icl import ex
 
-    with pytest.raises(observers.ConfigError) as refused:
+    with pytest.raises(harness.ConfigError) as refused:
         ex.run(config_updates={**TINY, **update, "data_dir": data_dir})
     assert str(refused.value).startswith(f"{key}=") and "not allowed" in str(refused.value)
     assert says in str(refused.value)
@@ -257,7 +257,7 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_and_records_nothing(tmp_path
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("observers.ConfigError: init_from=1 is not allowed: its checkpoint does not fit")
+    assert lines[0].startswith("harness.ConfigError: init_from=1 is not allowed: its checkpoint does not fit")
     assert "model='lstm'" in lines[0]  # says what the checkpoint is
     assert sorted(p.name for p in runs.iterdir() if p.name.isdigit()) == [str(small._id)]
 

@@ -163,10 +163,11 @@ def test_a_write_killed_half_way_leaves_the_previous_metrics_file_whole(tmp_path
 
 
 def test_curves_drawn_in_figures_are_exactly_the_points_the_run_recorded(tmp_path):
-    """observers.Curves: every point logged through it is in the run's metrics.json, with
+    """harness.Curves: every point logged through it is in the run's metrics.json, with
     its prefix, and kept in memory in the same order for the figures."""
     from sacred import Experiment
 
+    import harness
     import observers
 
     ex = Experiment("curves")
@@ -174,7 +175,7 @@ def test_curves_drawn_in_figures_are_exactly_the_points_the_run_recorded(tmp_pat
 
     @ex.main
     def main(_run):
-        curves = observers.Curves(_run)
+        curves = harness.Curves(_run)
         for epoch in range(5):
             curves.log(epoch, {"loss": 1.0 / (epoch + 1), "acc": epoch / 4})
             curves.log(epoch, {"agreement": epoch / 10}, prefix="stage2")

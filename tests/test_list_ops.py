@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import analysis.list_ops
-import observers
+import harness
 from conftest import REPO
 from experiments.list_ops import ex
 from toymodels import list_ops
@@ -122,7 +122,7 @@ def test_ci_run_learns_every_operation_and_records_everything():
                                           ({"operations": []}, "operations"), ({"n_heads": 3}, "n_heads"),
                                           ({"max_length": 1}, "max_length"), ({"epochs": 0}, "epochs")])
 def test_bad_config_is_refused_before_a_run_is_recorded(updates, key):
-    with pytest.raises(observers.ConfigError, match=f"^{key}="):
+    with pytest.raises(harness.ConfigError, match=f"^{key}="):
         ex.run(config_updates=updates)
     assert not list(Path(os.environ["TOYLAB_RUNS_DIR"]).glob("[0-9]*"))
 

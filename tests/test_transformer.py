@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import observers
-from experiments.grokking import ex
+import harness
+from experiments.grokking_transformer import ex
 from conftest import run_script
 from toymodels.modular import apply_operation, make_modular_task, modular_inverses, n_examples
 from toymodels.transformer import TrainSettings, Transformer, TransformerConfig, train, warmup_factor
@@ -120,8 +120,8 @@ def test_threshold_steps_agree_with_logged_metrics(batch_size, eval_every):
 # ------------------------------------------------------------------------- experiment
 def test_named_configs_follow_the_papers():
     power = ex.run("print_config", named_configs=["power"]).config
-    assert (power["model"], power["p"], power["operation"], power["sequence"], power["train_fraction"]) == (
-        "transformer", 97, "division", "power", 0.5)
+    assert (power["p"], power["operation"], power["sequence"], power["train_fraction"]) == (
+        97, "division", "power", 0.5)
     assert (power["n_layers"], power["d_model"], power["n_heads"], power["d_mlp"]) == (2, 128, 4, 512)
     assert (power["layer_norm"], power["positions"], power["batch_size"], power["train_steps"]) == (
         True, "sinusoidal", 512, 100000)
@@ -136,19 +136,20 @@ def test_named_configs_follow_the_papers():
 
 
 @pytest.mark.parametrize("updates, key", [({"operation": "power"}, "operation"), ({"n_heads": 3}, "n_heads"),
-                                          ({"model": "transformer", "p": 12, "operation": "division"}, "p"),
-                                          ({"model": "transformer", "batch_size": 100000}, "batch_size")])
+                                          ({"p": 12, "operation": "division"}, "p"),
+                                          ({"batch_size": 100000}, "batch_size"), ({"eval_every": 3}, "eval_every"),
+                                          ({"lr": 0}, "lr")])
 def test_bad_transformer_keys_are_refused(updates, key):
-    with pytest.raises(observers.ConfigError, match=f"^{key}="):
+    with pytest.raises(harness.ConfigError, match=f"^{key}="):
         ex.run(config_updates=updates)
     assert not list(Path(os.environ["TOYLAB_RUNS_DIR"]).glob("[0-9]*"))  # no run recorded
 
 
 def test_bad_key_on_the_command_line_is_one_line_and_exit_status():
-    result = run_script(["experiments/grokking.py", "with", "transformer_small", "positions=rotary"], timeout=120)
+    result = run_script(["experiments/grokking_transformer.py", "with", "small", "positions=rotary"], timeout=120)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip() and "pkg_resources" not in line]
-    assert lines[0].startswith("observers.ConfigError: positions='rotary' is not allowed"), result.stderr
+    assert lines[0].startswith("harness.ConfigError: positions='rotary' is not allowed"), result.stderr
 
 
 def test_power_config_runs_with_minibatches():
@@ -159,9 +160,9 @@ def test_power_config_runs_with_minibatches():
     assert run.result["final_train_acc"] < 0.1  # chance is 1/100 over Power's vocabulary
 
 
-def test_transformer_small_groks_and_is_recorded():
+def test_small_config_groks_and_is_recorded():
     """The CI-sized transformer run: memorises first, generalises >= 0.9 much later."""
-    run = ex.run(named_configs=["transformer_small"])
+    run = ex.run(named_configs=["small"])
     run_dir = Path(os.environ["TOYLAB_RUNS_DIR"]) / str(run._id)
     record = json.loads((run_dir / "run.json").read_text())
     result, info = record["result"], json.loads((run_dir / "info.json").read_text())

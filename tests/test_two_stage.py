@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import analysis.two_stage
-import observers
+import harness
 from experiments.two_stage import ex
 from conftest import REPO
 from toymodels import two_stage
@@ -152,7 +152,7 @@ def test_notebook_executes_on_the_runs(tiny_runs, monkeypatch):
                                           ({"architecture": "vgg"}, "architecture"),
                                           ({"architecture": "resnet18"}, "input_dim")])
 def test_bad_config_is_refused_before_a_run_is_recorded(updates, key):
-    with pytest.raises(observers.ConfigError, match=f"^{key}="):
+    with pytest.raises(harness.ConfigError, match=f"^{key}="):
         ex.run(config_updates=updates)
     assert not list(Path(os.environ["TOYLAB_RUNS_DIR"]).glob("[0-9]*"))
 
