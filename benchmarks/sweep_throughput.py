@@ -6,7 +6,7 @@ run to its budget: no early stop, so every way does the same arithmetic) is run
 - on a local Dask cluster of ``--workers`` processes, one point per task (block size 1);
 - on the same cluster in blocks of 16 points trained together (the sweep's default).
 Wall time includes everything a user waits for (process start, recording each run with
-its metrics and figures). A last table times toymodels.grokking.train alone, in one
+its metrics and figures). A last table times toymodels.addition_train.train alone, in one
 process and thread, against the number of models trained together.
 
     python benchmarks/sweep_throughput.py [--steps 2000] [--workers 2] [--lrs 8] [--decays 2]
@@ -24,7 +24,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from experiments import sweep  # noqa: E402
+import sweeps  # noqa: E402
+from sweeps.worker import preload  # noqa: E402
 
 GROKKING = str(REPO / "experiments" / "grokking.py")
 
@@ -54,8 +55,8 @@ def one_process_per_point(points, workers: int, runs_dir: str) -> float:
 
 def on_dask(client, the_spec: dict, block_size: int, runs_dir: str) -> float:
     start = time.perf_counter()
-    rows = sweep.run_sweep(GROKKING, the_spec, f"bench-{block_size}", client, block_size=block_size,
-                           store=sweep.FileStore(runs_dir), progress=False)
+    rows = sweeps.run_sweep(GROKKING, the_spec, f"bench-{block_size}", client, block_size=block_size,
+                           store=sweeps.FileStore(runs_dir), progress=False)
     elapsed = time.perf_counter() - start
     assert all(row["status"] == "COMPLETED" for row in rows), rows
     return elapsed
@@ -63,7 +64,8 @@ def on_dask(client, the_spec: dict, block_size: int, runs_dir: str) -> float:
 
 def trainer_alone(steps: int, sizes=(1, 4, 16, 32)) -> list:
     """model-steps/s of train() for G models of the paper's config at once (one thread)."""
-    from toymodels.grokking import Objective, OptimizerSettings, ToyAdditionModel, make_addition_task, train
+    from toymodels.addition import Objective, OptimizerSettings, ToyAdditionModel, make_addition_task
+    from toymodels.addition_train import train
 
     torch.set_num_threads(1)
     rows = []
@@ -90,14 +92,14 @@ def main():
     parser.add_argument("--skip-processes", action="store_true", help="skip the one-process-per-point baseline")
     args = parser.parse_args()
     the_spec = spec(args.lrs, args.decays, args.steps)
-    points = sweep.expand("grokking", the_spec)
+    points = sweeps.expand("grokking", the_spec)
     model_steps = len(points) * args.steps
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_processes:
             rows.append(("one process per point", one_process_per_point(points, args.workers, f"{tmp}/processes")))
-        with sweep.make_client(workers=args.workers) as client:
-            client.run(sweep.preload, GROKKING)  # imports once per worker, as a long sweep amortises
+        with sweeps.make_client(workers=args.workers) as client:
+            client.run(preload, GROKKING)  # imports once per worker, as a long sweep amortises
             for block_size in (1, 16):
                 label = "Dask, one point per task" if block_size == 1 else f"Dask, blocks of {block_size}"
                 rows.append((label, on_dask(client, the_spec, block_size, f"{tmp}/dask{block_size}")))
@@ -113,7 +115,7 @@ def main():
         print(f"| {label:<26} | {seconds:>7.1f} | {rate:>19.0f} | {rate / args.workers:>10.0f} | "
               f"{base / seconds:>7.2f}x |")
     print()
-    print(f"toymodels.grokking.train alone, one process, one thread, {args.steps} steps")
+    print(f"toymodels.addition_train.train alone, one process, one thread, {args.steps} steps")
     print(f"| {'models together':>15} | {'model-steps/s':>13} |")
     print(f"|{'-' * 16}:|{'-' * 14}:|")
     for G, rate in trainer_alone(args.steps):

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from experiments import sweep
+import sweeps
+from sweeps.__main__ import main as sweep_command
 from toymodels.phases import classify_phase
 
 GROKKING = str(REPO / "experiments" / "grokking.py")
@@ -25,7 +26,7 @@ TINY = {"grid": {"decoder_lr": [1e-3, 1e-2]}, "seeds": [0], "config": {"train_st
 @pytest.fixture(scope="module")
 def client():
     """Two worker processes, shared by the cluster tests (starting a cluster takes seconds)."""
-    c = sweep.make_client(workers=2)
+    c = sweeps.make_client(workers=2)
     yield c
     cluster = c.cluster
     c.close()
@@ -54,7 +55,7 @@ def test_sweep_runs_every_point_once_then_resumes_only_missing_points(client, tm
     import analysis
 
     root = tmp_path / "runs"
-    rows = sweep.run_sweep(GROKKING, TINY, "tiny", client, block_size=2, store=sweep.FileStore(str(root)))
+    rows = sweeps.run_sweep(GROKKING, TINY, "tiny", client, block_size=2, store=sweeps.FileStore(str(root)))
     assert [row["status"] for row in rows] == ["COMPLETED"] * 2
     runs = completed_runs(root, "tiny")
     assert len(runs) == 2 and len({r["meta"]["sweep_point"] for r in runs}) == 2
@@ -67,7 +68,7 @@ def test_sweep_runs_every_point_once_then_resumes_only_missing_points(client, tm
     run_json = root / str(lost["id"]) / "run.json"
     run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "status": "INTERRUPTED"}))
     grown = {**TINY, "grid": {"decoder_lr": [1e-3, 1e-2, 1e-4]}}
-    rows = sweep.run_sweep(GROKKING, grown, "tiny", client, block_size=2, store=sweep.FileStore(str(root)))
+    rows = sweeps.run_sweep(GROKKING, grown, "tiny", client, block_size=2, store=sweeps.FileStore(str(root)))
     statuses = {row["point"].key: row["status"] for row in rows}
     assert sorted(statuses.values()) == ["COMPLETED", "COMPLETED", "SKIPPED"]
     assert statuses[lost["meta"]["sweep_point"]] == "COMPLETED"
@@ -101,7 +102,7 @@ def test_killed_worker_point_is_retried_and_completed_exactly_once(client, tmp_p
 
     killer = threading.Thread(target=kill_a_worker_mid_run)
     killer.start()
-    rows = sweep.run_sweep(GROKKING, spec, "killed", client, block_size=1, store=sweep.FileStore(str(root)))
+    rows = sweeps.run_sweep(GROKKING, spec, "killed", client, block_size=1, store=sweeps.FileStore(str(root)))
     killer.join()
     assert killed, "no run was seen RUNNING to kill its worker"
     assert [row["status"] for row in rows] == ["COMPLETED"] * 3
@@ -115,13 +116,13 @@ def test_killed_worker_point_is_retried_and_completed_exactly_once(client, tmp_p
 def test_failed_point_is_reported_with_its_run_id(client, tmp_path):
     root = tmp_path / "runs"
     spec = {"grid": {"resume_from": [123456]}, "config": {"train_steps": 100}}  # no such run: main fails
-    rows = sweep.run_sweep(GROKKING, spec, "failing", client, store=sweep.FileStore(str(root)))
+    rows = sweeps.run_sweep(GROKKING, spec, "failing", client, store=sweeps.FileStore(str(root)))
     assert rows[0]["status"] == "FAILED" and rows[0]["run"] is not None
     assert json.loads((root / str(rows[0]["run"]) / "run.json").read_text())["status"] == "FAILED"
     import io
 
     out = io.StringIO()
-    assert sweep.print_summary(rows, "failing", out) == 1
+    assert sweeps.print_summary(rows, "failing", out) == 1
     assert f"FAILED: run {rows[0]['run']}" in out.getvalue()
 
 
@@ -130,9 +131,9 @@ def test_file_claim_excludes_another_process_until_it_dies(tmp_path):
     import subprocess
     import sys
 
-    store = sweep.FileStore(str(tmp_path / "runs"))
+    store = sweeps.FileStore(str(tmp_path / "runs"))
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from experiments.sweep import FileStore\n"
+        "import sys, time; from sweeps import FileStore\n"
         f"with FileStore({str(tmp_path / 'runs')!r}).claim('s', 'k') as held:\n"
         "    print(held, flush=True); time.sleep(60)")], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -151,63 +152,73 @@ def test_file_claim_excludes_another_process_until_it_dies(tmp_path):
 def test_mongo_claim_is_exclusive_and_taken_over_after_its_lease(monkeypatch):
     import mongomock
 
-    store = sweep.MongoStore("sacred")
+    store = sweeps.MongoStore("sacred")
     store._db = mongomock.MongoClient()["sacred"]
     with store.claim("s", "k") as held:
         assert held
         with store.claim("s", "k") as again:
             assert not again
         # its worker died: no heartbeat for longer than the lease
-        store._db.sweep_claims.update_one({"_id": "s/k"}, {"$set": {"heartbeat": time.time() - 2 * sweep.CLAIM_LEASE}})
+        store._db.sweep_claims.update_one({"_id": "s/k"}, {"$set": {"heartbeat": time.time() - 2 * sweeps.claims.CLAIM_LEASE}})
         with store.claim("s", "k") as taken:
             assert taken
     assert store._db.sweep_claims.count_documents({}) == 0
 
 
-def test_sweep_records_to_a_real_mongodb_exactly_once(monkeypatch):
-    """The MongoDB store end to end: runs tagged (meta.sweep, Omniboard tag), claims released,
-    a second pass skips every point, the analysis loads the sweep."""
+def test_sweep_command_records_to_a_real_mongodb_exactly_once():
+    """The sweep command, as a user runs it, on a real local Dask cluster recording to the real
+    server process: runs tagged (meta.sweep, Omniboard tag), claims released, a second run of the
+    command skips every point, the analysis loads the sweep. (The MongoDB store once held a live
+    client and could not be shipped to the workers: the command failed before any point ran.)"""
     import pymongo
 
     import analysis
+    from conftest import run_script
 
     url = os.environ.get("TOYLAB_TEST_MONGO_URL")
     if not url:
         pytest.skip("no real MongoDB server: set TOYLAB_TEST_MONGO_URL or install the local one (make test-deps)")
     name = f"toylab_sweep_{os.getpid()}"
-    monkeypatch.setenv("TOYLAB_MONGO_URL", url)
-    monkeypatch.setenv("TOYLAB_MONGO_DB", name)
+    command = ["-m", "sweeps", GROKKING, "--name", "plain", "--grid", "decoder_lr=1e-3,1e-2", "--workers", "2",
+               "with", "paper", "train_steps=100", "log_every=10"]
+    env = {"TOYLAB_MONGO_URL": url, "TOYLAB_MONGO_DB": name}
     client = pymongo.MongoClient(url, serverSelectionTimeoutMS=5000)
     try:
-        store = sweep.default_store()
-        points = sweep.expand("grokking", TINY)
-        rows = sweep.run_block(GROKKING, "tiny", points, store)
-        assert [row["status"] for row in rows] == ["COMPLETED"] * 2
-        docs = list(client[name].runs.find({"meta.sweep": "tiny", "status": "COMPLETED"}))
-        assert len(docs) == 2 and all(doc["omniboard"]["tags"] == ["tiny"] for doc in docs)
+        first = run_script(command, env=env)
+        assert first.returncode == 0, first.stderr
+        assert "2 points: 2 run now, 0 already COMPLETED" in first.stdout
+        docs = list(client[name].runs.find({"meta.sweep": "plain", "status": "COMPLETED"}))
+        assert len(docs) == 2 and all(doc["omniboard"]["tags"] == ["plain"] for doc in docs)
+        assert {doc["config"]["train_fraction"] for doc in docs} == {45 / 55}  # `with paper` reached every point
         assert client[name].sweep_claims.count_documents({}) == 0
-        assert [row["status"] for row in sweep.run_block(GROKKING, "tiny", points, store)] == ["SKIPPED"] * 2
-        table = analysis.sweep_runs(url, "tiny", db_name=name)
+        second = run_script(command, env=env)
+        assert second.returncode == 0, second.stderr
+        assert "2 points: 0 run now, 2 already COMPLETED (skipped)" in second.stdout
+        assert client[name].runs.count_documents({}) == 2
+        table = analysis.sweep_runs(url, "plain", db_name=name)
         assert sorted(table["decoder_lr"]) == [1e-3, 1e-2]
     finally:
         client.drop_database(name)
 
 
 # ------------------------------------------------------------------ blocks and the quick diagram
+def with_configs(points):
+    """The points with their full configs, as the sweep's coordinator builds them."""
+    return sweeps.point_configs(sweeps.load_experiment(GROKKING), points)
+
+
 def configs(spec):
-    module = sweep.load_experiment(GROKKING)
-    return module, [sweep.point_config(module, point) for point in sweep.expand("grokking", spec)]
+    module = sweeps.load_experiment(GROKKING)
+    return module, [point.config for point in with_configs(sweeps.expand("grokking", spec))]
 
 
 def test_block_training_gives_the_threshold_steps_of_single_runs():
     """float64: identical threshold steps and phases (float32 agrees in phase only, see the docstring)."""
     module, cfgs = configs({"grid": {"decoder_lr": [1e-3, 1e-2]}, "named_configs": ["paper"], "seeds": [2],
                             "config": {"train_steps": 800, "dtype": "float64"}})
-    module.train_block(cfgs)
-    together = [module._BLOCK_TRAINED.pop(module._fingerprint(c))["outcome"] for c in cfgs]
+    together = [share["outcome"] for share in module.train_block(cfgs)]
     for config, block in zip(cfgs, together):
-        module.train_block([config])
-        alone = module._BLOCK_TRAINED.pop(module._fingerprint(config))["outcome"]
+        [alone] = [share["outcome"] for share in module.train_block([config])]
         assert (block.t_train, block.t_test, block.t_rqi) == (alone.t_train, alone.t_test, alone.t_rqi)
         assert block.t_train is not None  # a threshold was crossed: the comparison means something
         assert classify_phase(block.t_train, block.t_test, 800, 100) == classify_phase(alone.t_train, alone.t_test,
@@ -219,7 +230,8 @@ def test_stopped_models_leave_the_batch_without_changing_the_others():
     exactly as in a batch that keeps computing the stopped ones (on_checkpoint disables it)."""
     import torch
 
-    from toymodels.grokking import Objective, OptimizerSettings, ToyAdditionModel, make_addition_task, train
+    from toymodels.addition import Objective, OptimizerSettings, ToyAdditionModel, make_addition_task
+    from toymodels.addition_train import train
 
     def trained(compact: bool):
         tasks = [make_addition_task(10, 0.8, seed) for seed in range(3)]
@@ -249,14 +261,15 @@ def quick_sweeps(tmp_path_factory):
     """The landmark cells of the MSE diagram (seed 2, budget 2100) and a tiny fraction scan, run
     in this process by the sweep's worker function (the cluster is tested above)."""
     root = tmp_path_factory.mktemp("quick") / "runs"
-    store = sweep.FileStore(str(root))
+    store = sweeps.FileStore(str(root))
     phase = {"named_configs": ["paper"], "config": {"train_steps": 2100, "stop_when_decided": True, "seed": 2}}
-    points = [point for (lr, decay) in LANDMARKS for point in sweep.expand(
-        "grokking", {**phase, "grid": {"decoder_lr": [lr], "decoder_weight_decay": [decay]}})]
-    assert all(row["status"] == "COMPLETED" for row in sweep.run_block(GROKKING, "landmarks", points, store))
-    scan = sweep.expand("grokking", {"grid": {"train_fraction": [0.3, 0.6]}, "named_configs": ["paper"],
-                                     "config": {"train_steps": 200}, "seeds": 2})
-    assert all(row["status"] == "COMPLETED" for row in sweep.run_block(GROKKING, "scan", scan, store))
+    points = with_configs([point for (lr, decay) in LANDMARKS for point in sweeps.expand(
+        "grokking", {**phase, "grid": {"decoder_lr": [lr], "decoder_weight_decay": [decay]}})])
+    assert all(row["status"] == "COMPLETED" for row in sweeps.run_block(GROKKING, "landmarks", points, store))
+    scan = with_configs(sweeps.expand("grokking", {"grid": {"train_fraction": [0.3, 0.6]},
+                                                   "named_configs": ["paper"], "config": {"train_steps": 200},
+                                                   "seeds": 2}))
+    assert all(row["status"] == "COMPLETED" for row in sweeps.run_block(GROKKING, "scan", scan, store))
     return root
 
 
@@ -296,29 +309,29 @@ def test_notebook_executes_on_a_quick_sweep(quick_sweeps, monkeypatch):
 def test_points_are_variants_by_grid_by_seeds_with_stable_keys():
     spec = {"grid": {"a": [1, 2], "b": ["x"]}, "variants": ["v1", "v2"], "named_configs": ["base"],
             "config": {"c": 0.5}, "seeds": 2}
-    points = sweep.expand("exp", spec)
+    points = sweeps.expand("exp", spec)
     assert len(points) == 2 * 2 * 1 * 2
     assert points[0].named_configs == ("base", "v1") and points[0].updates == {"c": 0.5, "a": 1, "b": "x", "seed": 0}
     assert points[-1].named_configs == ("base", "v2") and points[-1].updates["seed"] == 1
     assert len({p.key for p in points}) == len(points)
-    assert [p.key for p in sweep.expand("exp", spec)] == [p.key for p in points]  # a re-run finds its points
-    assert sweep.parse_value("1e-3") == 1e-3 and sweep.parse_value("true") is True
-    assert sweep.parse_value("adamw") == "adamw"
+    assert [p.key for p in sweeps.expand("exp", spec)] == [p.key for p in points]  # a re-run finds its points
+    assert sweeps.parse_value("1e-3") == 1e-3 and sweeps.parse_value("true") is True
+    assert sweeps.parse_value("adamw") == "adamw"
 
 
 
 def test_command_line_lists_points_and_refuses_bad_values_in_one_line(capsys):
-    assert sweep.main([GROKKING, "--sweep", "phase_mse", "--list"]) == 0
+    assert sweep_command([GROKKING, "--sweep", "phase_mse", "--list"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 16 * 11
-    assert sweep.main([GROKKING, "--grid", "decoder_lr=1e-3,-1", "with", "train_steps=10"]) == 2
+    assert sweep_command([GROKKING, "--grid", "decoder_lr=1e-3,-1", "with", "train_steps=10"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["observers.ConfigError: decoder_lr=-1 is not allowed: decoder_lr must be > 0"]
+    assert err == ["harness.ConfigError: decoder_lr=-1 is not allowed: decoder_lr must be > 0"]
     with pytest.raises(SystemExit, match="declares phase_mse"):
-        sweep.main([GROKKING, "--sweep", "nope"])
+        sweep_command([GROKKING, "--sweep", "nope"])
 
 
 def test_slurm_job_script_asks_for_partition_walltime_memory():
-    cluster = sweep.slurm_cluster(partition="short", walltime="00:20:00", memory="3GB", cores=2,
+    cluster = sweeps.slurm_cluster(partition="short", walltime="00:20:00", memory="3GB", cores=2,
                                   scheduler_options={"dashboard_address": ":0"})
     try:
         script = cluster.job_script()

@@ -1,0 +1,130 @@
+"""The sweep command line: ``python -m sweeps EXPERIMENT_FILE [--sweep NAME] [--grid KEY=V1,V2] ... [with ...]``
+(see the sweeps package docstring)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Optional
+
+import sweeps
+from sweeps.claims import FileStore, default_store
+from sweeps.cluster import BLOCK_SIZE, make_client, run_sweep
+from sweeps.points import expand, load_experiment, parse_value, point_configs
+from sweeps.summary import print_summary
+
+
+def parse_args(argv: list[str]):
+    words = list(argv)
+    updates, named_configs = {}, []
+    if "with" in words:  # Sacred's spelling, fixed for every point: named configs and KEY=VALUE, mixed
+        at = words.index("with")
+        for item in words[at + 1:]:
+            key, sep, value = item.partition("=")
+            if sep:
+                updates[key] = parse_value(value)
+            elif item.isidentifier():
+                named_configs.append(item)
+            else:
+                raise SystemExit(f"`with {item}`: expected a named config or KEY=VALUE")
+        words = words[:at]
+    parser = argparse.ArgumentParser(prog="python -m sweeps", description=sweeps.__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment_file", help="an experiment file with `ex` (and optionally SWEEPS)")
+    parser.add_argument("--sweep", help="a named sweep of the experiment's SWEEPS")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="a swept key and its values (repeat for a cartesian product)")
+    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 for every grid point (config key `seed`)")
+    parser.add_argument("--named-config", action="append", default=[], help="a named config for every point")
+    parser.add_argument("--name", help="the sweep's tag (default: the --sweep name, else 'grid')")
+    parser.add_argument("--list", action="store_true", help="print the points and exit")
+    parser.add_argument("--block-size", type=int, default=BLOCK_SIZE,
+                        help=f"points trained together in one process (default {BLOCK_SIZE}; 1: one run at a time)")
+    where = parser.add_argument_group("where the workers run (default: a local cluster, one process per core)")
+    where.add_argument("--workers", type=int, help="local worker processes")
+    where.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
+    where.add_argument("--slurm", action="store_true", help="workers as SLURM jobs (dask-jobqueue)")
+    where.add_argument("--slurm-partition", help="SLURM partition (queue)")
+    where.add_argument("--slurm-walltime", default="01:00:00", help="walltime per job (default 01:00:00)")
+    where.add_argument("--slurm-memory", default="4GB", help="memory per job (default 4GB)")
+    where.add_argument("--slurm-cores", type=int, default=1, help="cores (= worker processes) per job")
+    where.add_argument("--slurm-jobs", type=int, default=1, help="number of SLURM jobs")
+    args = parser.parse_args(words)
+    args.named_config += named_configs
+    return args, updates
+
+
+def build_spec(args, updates: dict, module) -> tuple[dict, str]:
+    """The sweep spec from a named sweep and the command line's additions."""
+    named = getattr(module, "SWEEPS", {})
+    if args.sweep:
+        if args.sweep not in named:
+            raise SystemExit(f"--sweep {args.sweep!r}: {args.experiment_file} declares "
+                             f"{', '.join(named) or 'no named sweeps'}")
+        spec = json.loads(json.dumps(named[args.sweep]))  # a copy
+    else:
+        spec = {}
+    grid = spec.setdefault("grid", {})
+    for item in args.grid:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise SystemExit(f"--grid {item}: expected KEY=V1,V2,...")
+        grid[key] = [parse_value(v) for v in values.split(",")]
+    if args.seeds is not None:
+        spec["seeds"] = args.seeds
+    spec["named_configs"] = spec.get("named_configs", []) + args.named_config
+    spec.setdefault("config", {}).update(updates)
+    for key in grid:
+        spec["config"].pop(key, None)
+    if not grid and not spec.get("variants") and not spec.get("seeds"):
+        raise SystemExit("nothing to sweep: give --sweep NAME, --grid KEY=V1,V2,... or --seeds N")
+    return spec, args.name or args.sweep or "grid"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    import harness
+
+    args, updates = parse_args(sys.argv[1:] if argv is None else argv)
+    module = load_experiment(args.experiment_file)
+    spec, sweep = build_spec(args, updates, module)
+    try:  # every point's config, built once; a bad value is refused before a worker starts
+        points = point_configs(module, expand(module.ex.path, spec))
+    except harness.ConfigError as error:
+        print(f"harness.ConfigError: {error}", file=sys.stderr)
+        return 2
+    if args.list:
+        for point in points:
+            print(f"{point.key}  {point.describe()}")
+        return 0
+    slurm = None
+    if args.slurm:
+        slurm = {"partition": args.slurm_partition, "walltime": args.slurm_walltime, "memory": args.slurm_memory,
+                 "cores": args.slurm_cores, "jobs": args.slurm_jobs}
+    started = time.time()
+    client = make_client(args.workers, args.scheduler, slurm)
+    cluster = None if args.scheduler else client.cluster  # ours to close; an existing cluster stays up
+    try:
+        n_workers = len(client.scheduler_info().get("workers", {}))
+        print(f"sweep {sweep}: {len(points)} points on {n_workers or 'pending'} Dask "
+              f"workers ({client.scheduler.address}); recording to {_where(default_store())}", flush=True)
+        rows = run_sweep(args.experiment_file, spec, sweep, client, block_size=args.block_size, points=points)
+    except KeyboardInterrupt:
+        print(f"\nsweep {sweep} interrupted: run the same command again to run only the points not COMPLETED",
+              file=sys.stderr)
+        return 130
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    code = print_summary(rows, sweep, results=getattr(module, "SWEEP_RESULTS", ()))
+    print(f"wall time {time.time() - started:.1f} s")
+    return code
+
+
+def _where(store) -> str:
+    return f"file storage {store.root}" if isinstance(store, FileStore) else f"MongoDB database {store.db_name}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

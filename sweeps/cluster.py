@@ -1,0 +1,116 @@
+"""The Dask cluster a sweep runs on, and the coordinator that hands it blocks of points."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Optional
+
+from sweeps.claims import _safe, default_store
+from sweeps.points import blocks, expand, load_experiment, point_configs
+from sweeps.worker import run_block
+
+BLOCK_SIZE = 16  # points trained together: past ~16 the batched trainer stops gaining (benchmarks/sweep_throughput.py)
+BUSY_RETRY = 2.0  # seconds before a point claimed elsewhere is tried again
+
+
+def make_client(workers: Optional[int] = None, scheduler: Optional[str] = None, slurm: Optional[dict] = None):
+    """A Dask client: an existing scheduler, a SLURM cluster, or local worker processes."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        return Client(scheduler)
+    if slurm is not None:
+        cluster = slurm_cluster(**slurm)
+        cluster.scale(jobs=slurm["jobs"])
+        return Client(cluster)
+    n = workers or os.cpu_count() or 1
+    # quiet: the progress bar and the summary report what matters (a restarted worker is retried)
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536 (to hand memory back to the OS);
+    # setting it also freezes glibc's mmap threshold at 128 KiB, so every step's activations
+    # (~0.7 MB for a block of 16 toy models) were mapped and faulted in afresh: 5-25x the page
+    # faults and about a fifth of the throughput. Training allocates the same sizes every step, so
+    # glibc's own adaptive default is what fits.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.ERROR)
+    return Client(cluster)
+
+
+def slurm_cluster(partition: Optional[str] = None, walltime: str = "01:00:00", memory: str = "4GB", cores: int = 1,
+                  jobs: int = 1, **extra):
+    """A dask-jobqueue SLURMCluster: each job one worker process per core, one thread each."""
+    from dask_jobqueue import SLURMCluster
+
+    return SLURMCluster(queue=partition, walltime=walltime, memory=memory, cores=cores, processes=cores,
+                        job_script_prologue=[f"cd {Path.cwd()}"], **extra)
+
+
+def run_sweep(experiment_file: str, spec: dict, sweep: str, client, block_size: int = BLOCK_SIZE,
+              store=None, progress: Optional[bool] = None, points=None) -> list[dict]:
+    """Run every point of ``spec`` on ``client``'s cluster; one summary dict per point.
+    ``points``: the spec's points with their configs when the caller has built them already."""
+    from tqdm.auto import tqdm
+
+    module = load_experiment(experiment_file)
+    # every point's config is built here, once: bad values stop the sweep before anything runs,
+    # and the blocks and workers use these configs
+    points = points or point_configs(module, expand(module.ex.path, spec))
+    store = store or default_store()
+    by_key = {point.key: point for point in points}
+    if len(by_key) < len(points):
+        raise SystemExit("the sweep has duplicate points (a key in both the grid and `with`?)")
+    summary: dict = {}
+    done = store.completed(sweep)  # a resumed sweep sends only what is missing (workers check again, under claims)
+    for point in points:
+        if point.key in done:
+            summary[point.key] = {"key": point.key, "status": "SKIPPED", "run": done[point.key]}
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))  # SLURM workers may still be queued
+    pending = blocks(module, [point for point in points if point.key not in summary], block_size, n_workers)
+    bar = tqdm(total=len(points), initial=len(summary), desc=f"sweep {sweep}", unit="point", dynamic_ncols=True,
+               disable=(not sys.stderr.isatty()) if progress is None else not progress)
+    while pending:
+        futures = {client.submit(run_block, str(Path(experiment_file).resolve()), sweep, block, store, pure=False,
+                                 key=f"sweep-{_safe(sweep)}-{uuid.uuid4().hex[:12]}"): block for block in pending}
+        pending = []
+        remaining = set(futures)
+        while remaining:
+            finished = {future for future in remaining if future.done()}
+            if not finished:
+                time.sleep(0.5)
+            remaining -= finished
+            for future in finished:
+                block = futures[future]
+                try:
+                    outcomes = future.result()
+                except Exception as error:  # noqa: BLE001 - e.g. KilledWorker: the points failed, the sweep goes on
+                    outcomes = [{"key": p.key, "status": "FAILED", "run": None,
+                                 "error": f"{type(error).__name__}: {error}"} for p in block]
+                busy = [by_key[o["key"]] for o in outcomes if o["status"] == "BUSY"]
+                if busy:  # claimed by another worker or sweep: try again once it is released
+                    pending.extend([p] for p in busy)
+                for outcome in outcomes:
+                    if outcome["status"] != "BUSY":
+                        summary[outcome["key"]] = outcome
+                        bar.update(1)
+            processing = _processing(client)
+            running = sum(len(futures[f]) for f in remaining if f.key in processing)
+            failed = sum(o["status"] == "FAILED" for o in summary.values())
+            bar.set_postfix({"done": len(summary) - failed, "running": running, "failed": failed}, refresh=True)
+        if pending:
+            time.sleep(BUSY_RETRY)
+    bar.close()
+    return [{"point": by_key[key], **summary[key]} for key in by_key]
+
+
+def _processing(client) -> set:
+    """The keys of the tasks the scheduler has handed to workers (best effort: for the progress bar)."""
+    try:
+        return {key for keys in client.processing().values() for key in keys}
+    except Exception:  # noqa: BLE001
+        return set()

@@ -1,0 +1,80 @@
+"""What a Dask worker does with a block of points: claim, skip what is COMPLETED, train the
+rest together when the experiment allows, record each as its own run."""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+
+from sweeps.points import Point, load_experiment
+
+
+def preload(experiment_file: str) -> None:
+    """Import the experiment in this (worker) process ahead of its first point."""
+    load_experiment(experiment_file)
+
+
+def run_block(experiment_file: str, sweep: str, points: list[Point], store) -> list[dict]:
+    """Run the points of one block on this worker; one dict per point (its status and run)."""
+    saved = dict(os.environ)
+    for name, value in store.environment().items():  # the runs record where the sweep records
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    try:
+        return _run_block(load_experiment(experiment_file), sweep, points, store)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _run_block(module, sweep: str, points: list[Point], store) -> list[dict]:
+    with contextlib.ExitStack() as stack:
+        outcomes, mine = {}, []
+        done = store.completed(sweep)
+        for point in points:
+            if point.key in done:
+                outcomes[point.key] = {"status": "SKIPPED", "run": done[point.key]}
+            elif stack.enter_context(store.claim(sweep, point.key)):
+                mine.append(point)
+            else:
+                outcomes[point.key] = {"status": "BUSY"}
+        done = store.completed(sweep)  # under the claims: someone may have finished a point meanwhile
+        for point in list(mine):
+            if point.key in done:
+                outcomes[point.key] = {"status": "SKIPPED", "run": done[point.key]}
+                mine.remove(point)
+        shares = [None] * len(mine)
+        if len(mine) > 1 and hasattr(module, "train_block"):
+            try:
+                shares = module.train_block([point.config for point in mine])
+            except Exception as error:  # noqa: BLE001 - each point then trains in its own run, which reports
+                print(f"block training failed ({type(error).__name__}: {error}); running its points one by one",
+                      file=sys.stderr)
+        for point, share in zip(mine, shares):
+            outcomes[point.key] = _record(module, sweep, point, share, store)
+    return [{"key": point.key, **outcomes[point.key]} for point in points]
+
+
+def _record(module, sweep: str, point: Point, share, store) -> dict:
+    """Run one point as an ordinary run of the experiment; its main records it (and takes
+    ``share``, what ``train_block`` trained for it, when there is one)."""
+    run = None
+    try:
+        # a worker prints nothing per run (its captured output is recorded in the run, as usual)
+        options = {"--capture": "sys", "--loglevel": "ERROR"}
+        run = module.ex._create_run(config_updates=dict(point.updates), named_configs=list(point.named_configs),
+                                    meta_info={"sweep": sweep, "sweep_point": point.key},
+                                    info={"sweep": sweep}, options=options)
+        with contextlib.redirect_stdout(io.StringIO()):
+            run(*([share] if share is not None else []))
+    except BaseException as error:  # noqa: BLE001 - a failed point is reported, the sweep goes on
+        if isinstance(error, KeyboardInterrupt):
+            raise
+        return {"status": "FAILED", "run": getattr(run, "_id", None), "error": f"{type(error).__name__}: {error}"}
+    store.tag(run._id, sweep)
+    result = run.result if isinstance(run.result, dict) else {}
+    return {"status": "COMPLETED", "run": run._id,
+            "result": {k: v for k, v in result.items() if isinstance(v, (str, int, float, bool, type(None)))}}
