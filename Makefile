@@ -42,7 +42,7 @@ SERVER_VENV := .board/venv
 board-deps: $(SERVER_VENV)/.installed board/node_modules/.installed
 
 $(SERVER_VENV)/.installed: board/server-requirements.txt | venv
-	@py=$$($(PY) -c 'from observers.board import find_python313; print(find_python313() or "")'); \
+	@py=$$($(PY) -c 'from localboard.server import find_python313; print(find_python313() or "")'); \
 	test -n "$$py" || { echo "make board needs Python >= 3.13 for its MongoDB-compatible server: install python3.13 (or 'pyenv install 3.13')"; exit 1; }; \
 	test -x $(SERVER_VENV)/bin/python || $$py -m venv $(SERVER_VENV)
 	$(SERVER_VENV)/bin/python -m pip install --quiet -r board/server-requirements.txt
@@ -54,10 +54,10 @@ board/node_modules/.installed: board/package.json board/package-lock.json
 	touch $@
 
 board: venv board-deps
-	$(PY) -m observers board start
+	$(PY) -m localboard start
 
 board-stop: venv
-	$(PY) -m observers board stop
+	$(PY) -m localboard stop
 
 # Everything the wire and browser tests need (.ci/run calls it; CI runs as root): the board's
 # dependencies and Debian's chromium, which Playwright drives (it downloads no browser).

@@ -8,7 +8,7 @@
 ``stop_time``, ``sweep`` (the sweep that ran it, or None), every config key as a column (nested keys dotted) and the run's result
 values (``t_train``, ``t_test``, ``t_rqi``, ``phase``, final accuracies, ...).
 ``metrics_table``: the long frame ``run``, ``metric``, ``step``, ``value``; in MongoDB a
-metric longer than one document (see observers/mongo.py) is joined from its chunks.
+metric longer than one document (see observers/metric_documents.py) is joined from its chunks.
 
 Dead runs: a run killed with SIGKILL (or whose machine died) stays RUNNING in the record
 forever. ``runs_table`` reports a RUNNING run whose last heartbeat is older than
@@ -167,7 +167,7 @@ def runs_table(source, experiment: Optional[str] = None, db_name: Optional[str] 
                "recorded_status": run.status,
                "start_time": run.get("start_time"), "stop_time": run.get("stop_time"),
                "heartbeat": run.get("heartbeat"),
-               "sweep": (run.get("meta") or {}).get("sweep")}  # experiments/sweep.py tags its runs
+               "sweep": (run.get("meta") or {}).get("sweep")}  # the sweeps package tags its runs
         row.update(_flat_config(run))
         result = _thaw(run.get("result"))
         if isinstance(result, dict):
@@ -188,18 +188,11 @@ def runs_table(source, experiment: Optional[str] = None, db_name: Optional[str] 
 
 def mongo_metrics(database, run_id) -> dict:
     """Every metric of a MongoDB run as a Series by step, joining the ``metric_chunks``
-    documents of metrics longer than one document (observers/mongo.py)."""
-    parts: dict = {}
-    for collection in ("metrics", "metric_chunks"):
-        for doc in database[collection].find({"run_id": run_id}):
-            parts.setdefault(doc["name"], []).append((doc.get("chunk", 0), doc["steps"], doc["values"]))
-    series = {}
-    for name, chunks in parts.items():
-        chunks.sort(key=lambda c: c[0])
-        steps = [s for _, chunk_steps, _ in chunks for s in chunk_steps]
-        values = [v for _, _, chunk_values in chunks for v in chunk_values]
-        series[name] = pd.Series(values, index=steps, name=name)
-    return series
+    documents of metrics longer than one document (observers/metric_documents.py)."""
+    from observers.metric_documents import read_metrics
+
+    return {name: pd.Series(series["values"], index=series["steps"], name=name)
+            for name, series in read_metrics(database, run_id, timestamps=False).items()}
 
 
 def metrics_table(source, metric: Optional[str | list] = None, experiment: Optional[str] = None,
@@ -217,3 +210,13 @@ def metrics_table(source, metric: Optional[str | list] = None, experiment: Optio
         return pd.DataFrame({"run": pd.Series(dtype="int64"), "metric": pd.Series(dtype="object"),
                              "step": pd.Series(dtype="int64"), "value": pd.Series(dtype="float64")})
     return pd.concat(frames, ignore_index=True)
+
+
+def sweep_runs(source, sweep: str, experiment: str | None = None, db_name: str | None = None,
+               **config_filters) -> pd.DataFrame:
+    """The COMPLETED runs of one sweep (``meta.sweep``): runs_table rows, from a file-storage
+    directory or a MongoDB URL; ``experiment`` narrows it when two experiments share a sweep name."""
+    table = runs_table(source, experiment=experiment, db_name=db_name, **config_filters)
+    if table.empty:
+        return table
+    return table[(table["sweep"] == sweep) & (table["status"] == "COMPLETED")].reset_index(drop=True)

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.grokking import ex  # noqa: E402
-from observers.board import LocalMongo  # noqa: E402
+from localboard.server import LocalMongo  # noqa: E402
 from observers.sync import Uploader, run_dirs  # noqa: E402
 
 CONFIG = {"train_steps": 2000, "log_every": 2}

@@ -1,4 +1,4 @@
-// Preloaded into Omniboard (node -r board/localhost.js ...) by observers/board.py.
+// Preloaded into Omniboard (node -r board/localhost.js ...) by localboard/.
 // 1. Omniboard calls listen(PORT) with no host, i.e. on every interface: force 127.0.0.1.
 // 2. Omniboard takes its login only as "-u USER:PASSWORD:SECRET" on the command line, which
 //    every user of the machine can read: take it from TOYLAB_OMNIBOARD_LOGIN instead and

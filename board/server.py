@@ -1,7 +1,7 @@
 """Toylab's local MongoDB-compatible server: mongoeco's wire-protocol server, SQLite file.
 
 Runs in its own Python >= 3.13 venv (``.board/venv``; mongoeco needs 3.13, the project
-is 3.11), started by ``observers/board.py`` and by the test fixture; it imports nothing
+is 3.11), started by ``localboard/`` and by the test fixture; it imports nothing
 from the project.
 
     TOYLAB_BOARD_USER=u TOYLAB_BOARD_PASSWORD=pw python board/server.py --port 27018 --data runs/board/mongo.sqlite3

@@ -1,7 +1,8 @@
 """Command line of the observers package.
 
     python -m observers sync [DIR ...]   upload file-storage and fallback runs to MongoDB, each once
-    python -m observers board start|stop the local MongoDB-compatible server + Omniboard (make board)
+
+(The local MongoDB-compatible server + Omniboard are not observers: python -m localboard start|stop, make board.)
 """
 import sys
 
@@ -13,10 +14,6 @@ def main(argv=None) -> int:
         from observers.sync import main as sync_main
 
         return sync_main(argv)
-    if command == "board":
-        from observers.board import main as board_main
-
-        return board_main(argv)
     print(__doc__.strip(), file=sys.stderr)
     return 2
 

@@ -24,7 +24,8 @@ it is reachable:
   metric). The first ``MAX_POINTS_PER_DOCUMENT`` points of a metric live in the usual
   ``metrics`` document (what Omniboard and Incense read); later points go, in chunks of
   the same size, to ``metric_chunks`` documents ``{run_id, name, chunk, steps, values,
-  timestamps}``. ``analysis.metrics_table`` joins them back, so the series is whole.
+  timestamps}`` (the format is observers/metric_documents.py's, which sync writes too).
+  ``analysis.metrics_table`` joins them back, so the series is whole.
 
 The URL may contain credentials: it is read from the environment, never stored, and
 redacted from every message this module prints.
@@ -47,6 +48,7 @@ from sacred.observers.file_storage import FileStorageObserver
 from sacred.serializer import flatten
 
 import observers
+from observers import metric_documents
 
 DEFAULT_TIMEOUT_MS = 2000
 DEFAULT_END_TIMEOUT = 10.0
@@ -88,7 +90,7 @@ class ResilientMongoObserver(RunObserver):
         end_timeout: seconds the end of the run may wait for MongoDB before falling back.
     """
 
-    MAX_POINTS_PER_DOCUMENT = 250_000  # x ~44 bytes a point (3 arrays): ~11 MiB, below 16 MiB
+    MAX_POINTS_PER_DOCUMENT = metric_documents.MAX_POINTS_PER_DOCUMENT  # a class attribute: tests lower it
     priority = 20
 
     def __init__(self, url: Optional[str] = None, db_name: str = "sacred", client=None,
@@ -123,7 +125,7 @@ class ResilientMongoObserver(RunObserver):
 
         db = self._client[self.db_name]
         self.db = db
-        self.runs, self.metrics, self.chunks = db["runs"], db["metrics"], db["metric_chunks"]
+        self.runs = db["runs"]
         self.fs = gridfs.GridFS(db)
 
     def _warn(self, message: str) -> None:
@@ -364,13 +366,12 @@ class ResilientMongoObserver(RunObserver):
         with self._state_lock:
             work = [(m, len(m.steps)) for m in self._metrics.values()]
         for metric, available in work:
-            n_chunks = -(-available // size)
-            while len(metric.chunk_ids) < n_chunks:
+            spans = metric_documents.chunk_spans(available, size)
+            while len(metric.chunk_ids) < len(spans):
                 metric.chunk_ids.append(ObjectId())
                 metric.stored.append(None)
-            for k in range(n_chunks):
-                begin, end = k * size, min(available, (k + 1) * size)
-                collection = self.metrics if k == 0 else self.chunks
+            for k, (begin, end) in enumerate(spans):
+                collection = self.db[metric_documents.collection_name(k)]
                 if metric.stored[k] is None:
                     self._create_metric_document(collection, metric, k)
                 stored = metric.stored[k]
@@ -392,10 +393,7 @@ class ResilientMongoObserver(RunObserver):
     def _create_metric_document(self, collection, metric: _Metric, k: int) -> None:
         import pymongo.errors
 
-        document = {"_id": metric.chunk_ids[k], "run_id": self.run_id, "name": metric.name,
-                    "steps": [], "values": [], "timestamps": []}
-        if k:
-            document["chunk"] = k
+        document = metric_documents.metric_document(self.run_id, metric.name, k, _id=metric.chunk_ids[k])
         try:
             collection.insert_one(document)
         except pymongo.errors.DuplicateKeyError:

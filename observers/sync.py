@@ -5,8 +5,10 @@
 
 A run directory (one with a ``run.json``) becomes a MongoDB run like any other: the run
 document with config, info, result, captured output and status; one ``metrics`` document
-per metric; artifacts and sources in GridFS. Omniboard and ``analysis.runs_table(url)``
-then show it next to the runs that recorded live.
+per metric (a metric past ``MAX_POINTS_PER_DOCUMENT`` points continues in ``metric_chunks``
+documents, as the live observer writes it: observers/metric_documents.py); artifacts and
+sources in GridFS. Omniboard and ``analysis.runs_table(url)`` then show it next to the
+runs that recorded live.
 
 Exactly once, even if a sync is interrupted: every uploaded run document carries
 ``toylab_sync.origin`` (host, absolute path of the run directory, its start time) and
@@ -36,6 +38,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
+
+from observers import metric_documents
 
 STILL_ALIVE = dt.timedelta(minutes=2)  # a RUNNING run with a newer heartbeat is still being written
 
@@ -116,11 +120,13 @@ def _still_running(run: dict) -> bool:
 class Uploader:
     """Writes file-storage runs into one MongoDB database (runs, metrics, GridFS)."""
 
+    MAX_POINTS_PER_DOCUMENT = metric_documents.MAX_POINTS_PER_DOCUMENT  # a class attribute: tests lower it
+
     def __init__(self, db):
         import gridfs
 
         self.db = db
-        self.runs, self.metrics = db["runs"], db["metrics"]
+        self.runs = db["runs"]
         self.fs = gridfs.GridFS(db)
 
     def sync(self, dirs: Iterable[Path], report: Optional[SyncReport] = None) -> SyncReport:
@@ -206,11 +212,10 @@ class Uploader:
                 continue  # another writer took that id
 
     def _remove_parts(self, run_id) -> None:
-        self.metrics.delete_many({"run_id": run_id})
+        metric_documents.delete_metrics(self.db, run_id)  # metrics and metric_chunks
         doc = self.runs.find_one({"_id": run_id}, {"artifacts": 1}) or {}
         for artifact in doc.get("artifacts") or []:
             self.fs.delete(artifact["file_id"])
-        self.db["metric_chunks"].delete_many({"run_id": run_id})  # the robust observer's overflow points
         strays = {"$or": [{"metadata.toylab_run_id": run_id},  # put by an interrupted sync, not yet referenced
                           {"filename": {"$regex": f"^artifact://runs/{run_id}/"}}]}  # or by the live observer
         for stray in self.db["fs.files"].find(strays, {"_id": 1}):
@@ -219,10 +224,10 @@ class Uploader:
     def _upload_metrics(self, run_id, metrics: dict) -> list:
         refs = []
         for name, series in metrics.items():
-            entry = {"run_id": run_id, "name": name, "steps": series.get("steps", []),
-                     "values": series.get("values", []),
-                     "timestamps": [_time(t) for t in series.get("timestamps", [])]}
-            refs.append({"name": name, "id": str(self.metrics.insert_one(entry).inserted_id)})
+            first_id = metric_documents.insert_series(
+                self.db, run_id, name, series.get("steps", []), series.get("values", []),
+                [_time(t) for t in series.get("timestamps", [])], size=self.MAX_POINTS_PER_DOCUMENT)
+            refs.append({"name": name, "id": str(first_id)})
         return refs
 
     def _upload_artifacts(self, run_id, run_dir: Path, names: list) -> list:

@@ -30,7 +30,7 @@ def run_script(args, env=None, timeout=300, **kwargs):
 
 def require_board(what: str) -> None:
     """Skip (outside CI only) when the local server / Omniboard prerequisites are missing."""
-    from observers.board import missing_prerequisites
+    from localboard.board import missing_prerequisites
 
     missing = missing_prerequisites()
     if missing:
@@ -48,7 +48,8 @@ def real_mongo_url(tmp_path_factory):
     if os.environ.get("TOYLAB_TEST_MONGO_URL"):
         yield os.environ["TOYLAB_TEST_MONGO_URL"]
         return
-    from observers.board import LocalMongo, missing_prerequisites
+    from localboard.board import missing_prerequisites
+    from localboard.server import LocalMongo
 
     if missing_prerequisites():
         yield None
@@ -68,7 +69,7 @@ def local_mongo(tmp_path):
     """The local MongoDB-compatible server as a real process: free port, temporary SQLite file.
     ``local_mongo.kill()`` / ``.start()`` / ``.restart()`` keep the port and the file."""
     require_board("the local MongoDB-compatible server")
-    from observers.board import LocalMongo
+    from localboard.server import LocalMongo
 
     server = LocalMongo(tmp_path / "mongo" / "db.sqlite3", password="wire-" + os.urandom(8).hex()).start()
     yield server

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from observers.board import free_port, port_open
+from localboard.processes import free_port, port_open
 from tests.conftest import REPO, listening_addresses, require_board, run_script
 
 OUTPUT = REPO / "test-output"

@@ -23,7 +23,7 @@ CONFIG = ["train_steps=300", "log_every=3", "seed=1"]
 def wire_run(tmp_path_factory):
     """One grokking run recorded live to the server, and the same config in file storage."""
     require_board("the wire tests")
-    from observers.board import LocalMongo
+    from localboard.server import LocalMongo
 
     tmp = tmp_path_factory.mktemp("wire")
     password = "pw-" + os.urandom(12).hex()  # distinctive, so a scan finds any copy of it
