@@ -1,10 +1,10 @@
 """Analysis of Toylab runs: loading through Incense into pandas, aggregation over seeds, figures."""
 import importlib
 
-from analysis.intervals import mean_ci, summarise
-from analysis.runs import load_runs, metrics_table, runs_table
-from analysis.sweeps import (aggregate, critical_fraction, critical_fraction_figure, curves_over_seeds,
-                             dof_probability, phase_cells, phase_diagram, phase_table, sweep_runs)
+from analysis.grokking import (critical_fraction, critical_fraction_figure, dof_probability, phase_cells,
+                               phase_diagram, phase_table)
+from analysis.intervals import aggregate, curves_over_seeds, mean_ci, summarise
+from analysis.runs import load_runs, metrics_table, runs_table, sweep_runs
 
 __all__ = ["aggregate", "critical_fraction", "critical_fraction_figure", "curves_over_seeds", "dof_probability",
            "load_runs", "mean_ci", "metrics_table", "phase_cells", "phase_diagram", "phase_table", "runs_table",

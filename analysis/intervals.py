@@ -92,3 +92,26 @@ def outcomes(source, experiment: str, columns, by: list | None = None, **filters
         row["seeds"] = len(group)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def aggregate(table: pd.DataFrame, by: str, columns) -> pd.DataFrame:
+    """Per value of ``by``: n and, for each column, mean, low and high of the 95% interval."""
+    rows = []
+    for value, group in table.groupby(by):
+        row = {by: value, "n": len(group)}
+        for column in columns:
+            mean, half, _ = mean_ci(pd.to_numeric(group[column], errors="coerce"))
+            row[column], row[f"{column}_low"], row[f"{column}_high"] = mean, mean - half, mean + half
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def curves_over_seeds(metrics: pd.DataFrame, runs: pd.DataFrame, by: str, metric: str) -> pd.DataFrame:
+    """A metric's curve per value of ``by`` (a config column of ``runs``), over the seeds:
+    columns by, step, n, mean, low, high (95% interval). ``metrics`` is a metrics_table."""
+    curves = metrics[metrics["metric"] == metric].merge(runs[["run", by]], on="run")
+    rows = []
+    for (value, step), group in curves.groupby([by, "step"]):
+        mean, half, _ = mean_ci(group["value"])
+        rows.append({by: value, "step": step, "n": len(group), "mean": mean, "low": mean - half, "high": mean + half})
+    return pd.DataFrame(rows)

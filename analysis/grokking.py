@@ -1,6 +1,6 @@
-"""Sweeps of the grokking experiment: phase diagrams, the critical training fraction, error bars.
+"""The grokking experiment's sweeps: phase diagrams, the critical training fraction.
 
-    runs = sweep_runs("runs", "phase_mse_quick")                    # or a MongoDB URL
+    runs = sweep_runs("runs", "phase_mse_quick")                    # analysis.runs; or a MongoDB URL
     table = phase_table(runs, "decoder_lr", "decoder_weight_decay")  # one row per run
     fig = phase_diagram(table, "decoder_lr", "decoder_weight_decay")
     scan = sweep_runs("runs", "fraction_scan_quick")
@@ -17,22 +17,12 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from analysis.intervals import mean_ci
-from analysis.runs import runs_table
-from toymodels.grokking import make_addition_task, n_pairs, n_train_pairs
+from analysis.intervals import aggregate
+from toymodels.addition import make_addition_task, n_pairs, n_train_pairs
 from toymodels.phases import PHASES
 from toymodels.representation import degrees_of_freedom
 
 PHASE_COLORS = {"comprehension": "#2ca02c", "grokking": "#1f77b4", "memorization": "#ff7f0e", "confusion": "#d62728"}
-
-
-def sweep_runs(source, sweep: str, experiment: str | None = "grokking", db_name: str | None = None,
-               **config_filters) -> pd.DataFrame:
-    """The COMPLETED runs of one sweep (runs_table rows; file storage directory or MongoDB URL)."""
-    table = runs_table(source, experiment=experiment, db_name=db_name, **config_filters)
-    if table.empty:
-        return table
-    return table[(table["sweep"] == sweep) & (table["status"] == "COMPLETED")].reset_index(drop=True)
 
 
 def phase_table(runs: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -51,29 +41,6 @@ def phase_cells(table: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
         rows.append({x: xv, y: yv, "phase": best, "agreement": counts[best] / len(cell), "seeds": len(cell),
                      "t_test": pd.to_numeric(cell["t_test"], errors="coerce").mean(),
                      "final_rqi": cell["final_rqi"].mean()})
-    return pd.DataFrame(rows)
-
-
-def aggregate(table: pd.DataFrame, by: str, columns) -> pd.DataFrame:
-    """Per value of ``by``: n and, for each column, mean, low and high of the 95% interval."""
-    rows = []
-    for value, group in table.groupby(by):
-        row = {by: value, "n": len(group)}
-        for column in columns:
-            mean, half, _ = mean_ci(pd.to_numeric(group[column], errors="coerce"))
-            row[column], row[f"{column}_low"], row[f"{column}_high"] = mean, mean - half, mean + half
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def curves_over_seeds(metrics: pd.DataFrame, runs: pd.DataFrame, by: str, metric: str) -> pd.DataFrame:
-    """A metric's curve per value of ``by`` (a config column of ``runs``), over the seeds:
-    columns by, step, n, mean, low, high (95% interval). ``metrics`` is a metrics_table."""
-    curves = metrics[metrics["metric"] == metric].merge(runs[["run", by]], on="run")
-    rows = []
-    for (value, step), group in curves.groupby([by, "step"]):
-        mean, half, _ = mean_ci(group["value"])
-        rows.append({by: value, "step": step, "n": len(group), "mean": mean, "low": mean - half, "high": mean + half})
     return pd.DataFrame(rows)
 
 
