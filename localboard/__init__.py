@@ -23,5 +23,13 @@ only runs the processes that store and show them. Its assets stay in ``board/``.
   password log in to the server and to Omniboard. They are passed to both processes in
   their environment, never printed.
 - Ports: ``TOYLAB_BOARD_PORT`` (Omniboard, default 9000) and ``TOYLAB_BOARD_MONGO_PORT``
-  (server, default 27018), both on 127.0.0.1.
+  (server, default 27018), both on 127.0.0.1. A value that is not a port (1-65535), the
+  same port twice, or a port another program holds: one line saying so, exit 1, nothing
+  started or written.
+- Failures: ``start`` holds ``.board/lock`` (flock), so two ``make board`` at once start one
+  board and the second reuses it. A server that is gone (SIGKILL, crash, reboot) or not
+  listening is started again on the same SQLite file (WAL: a kill mid-write loses no
+  acknowledged write and corrupts nothing), and Omniboard with it: its pool to the server
+  never recovers once it gave up ('pool is draining'). An Omniboard whose logged-in API
+  query fails or hangs is restarted too.
 """

@@ -3,6 +3,7 @@ run by node with ``board/localhost.js`` preloaded, which binds it to 127.0.0.1 a
 it its login from the environment (never the command line)."""
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import shutil
@@ -41,12 +42,19 @@ def omniboard_env(web_port: int, mongo_port: int, user: str, password: str) -> d
     return env
 
 
-def omniboard_ready(port: int) -> bool:
-    """Omniboard answers HTTP (its API answers 401 without a login)."""
+def omniboard_status(port: int, user: str, password: str, timeout: float = 5) -> str:
+    """"ok" if Omniboard's API answers a logged-in query of the runs, else what it says
+    instead. Omniboard's pool to the server never recovers once it has given up on it (a
+    server down for ~30 s, or restarted: 'pool is draining' / 'pool destroyed', HTTP 500),
+    while its page still loads: only this query tells a working Omniboard from a broken one."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request = urllib.request.Request(f"http://{HOST}:{port}/sacred/api/v1/Runs/count",
+                                     headers={"Authorization": f"Basic {token}"})
     try:
-        urllib.request.urlopen(f"http://{HOST}:{port}/sacred/api/v1/Runs/count", timeout=2)
-        return True
-    except urllib.error.HTTPError:
-        return True
-    except (urllib.error.URLError, OSError):
-        return False
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+        return "ok"
+    except urllib.error.HTTPError as error:
+        return f"HTTP {error.code}: {error.read()[:200].decode(errors='replace')}"
+    except (urllib.error.URLError, OSError) as error:
+        return f"no answer ({error})"

@@ -1,14 +1,19 @@
 """What the local board's processes share: paths, 127.0.0.1 ports, waiting for a process
-to come up, and the pid files of the processes ``make board`` leaves running."""
+to come up, the pid files of the processes ``make board`` leaves running, and the lock
+that makes two ``make board`` at the same moment start one board."""
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 BOARD = REPO / "board"  # the assets: server.py, localhost.js, package.json, ...
@@ -34,19 +39,78 @@ def port_open(port: int) -> bool:
         return s.connect_ex((HOST, port)) == 0
 
 
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` listens on (from /proc; empty if it is gone)."""
+    inodes = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        return set()
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def last_log_line(log: Optional[Path]) -> str:
+    lines = log.read_text(errors="replace").strip().splitlines() if log and log.exists() else []
+    return f"{lines[-1].strip()} (log: {log})" if lines else "no output"
+
+
 def wait_until(predicate, timeout: float, what: str, process: Optional[subprocess.Popen] = None,
                log: Optional[Path] = None) -> None:
-    """Return once ``predicate()`` holds; BoardError (with the log's tail) if ``process``
-    exits first or ``timeout`` seconds pass."""
+    """Return once ``predicate()`` holds; BoardError (one line: the log's last line and
+    where the log is) if ``process`` exits first or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         if process is not None and process.poll() is not None:
-            tail = log.read_text(errors="replace")[-800:] if log and log.exists() else ""
-            raise BoardError(f"{what} exited with code {process.returncode}: {tail.strip()}")
+            raise BoardError(f"{what} exited with code {process.returncode}: {last_log_line(log)}")
         time.sleep(0.1)
-    raise BoardError(f"{what} did not come up within {timeout:.0f} s")
+    raise BoardError(f"{what} did not come up within {timeout:.0f} s: {last_log_line(log)}")
+
+
+@contextmanager
+def board_lock(timeout: float = 600) -> Iterator[None]:
+    """Hold ``STATE/lock`` (flock) while starting or stopping the board: a second ``make
+    board`` waits for the first, then finds its processes and reuses them. The kernel drops
+    the lock when its holder exits, however it dies, so it never goes stale; the spawned
+    processes do not inherit it (close_fds)."""
+    STATE.mkdir(parents=True, exist_ok=True)
+    fd = os.open(STATE / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline, told = time.monotonic() + timeout, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as error:
+                if error.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+            if time.monotonic() > deadline:
+                raise BoardError(f"another 'make board' or 'make board-stop' has held {STATE / 'lock'} "
+                                 f"for {timeout:.0f} s: wait for it, or stop it")
+            if not told:
+                print("board: another 'make board' is starting or stopping it; waiting for that one", file=sys.stderr)
+                told = True
+            time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def pid_alive(pid_file: Path, marker: str) -> Optional[int]:
@@ -73,11 +137,14 @@ def stop_pid(pid_file: Path, marker: str, timeout: float = 15) -> bool:
     """SIGTERM (then SIGKILL after ``timeout`` s) the process of ``pid_file`` if it is ours; True if it ran."""
     pid = pid_alive(pid_file, marker)
     if pid is not None:
-        os.kill(pid, signal.SIGTERM)
+        with suppress(ProcessLookupError):  # it may exit at any moment
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGCONT)  # a stopped (SIGSTOP, ^Z) process acts on SIGTERM only once continued
         deadline = time.monotonic() + timeout
         while pid_alive(pid_file, marker) and time.monotonic() < deadline:
             time.sleep(0.1)
         if pid_alive(pid_file, marker):
-            os.kill(pid, signal.SIGKILL)
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     pid_file.unlink(missing_ok=True)
     return pid is not None

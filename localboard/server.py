@@ -66,6 +66,25 @@ def mongo_url(port: int, user: Optional[str] = None, password: Optional[str] = N
     return f"mongodb://{auth}{HOST}:{port}/{db}?{query}"
 
 
+def server_problem(port: int, user: str, password: str, timeout: float = 10) -> Optional[str]:
+    """None if the server on ``port`` answers a ping with this login within ``timeout`` s,
+    else what is wrong (it hangs, or it refuses the login)."""
+    import pymongo
+    import pymongo.errors
+
+    client = pymongo.MongoClient(mongo_url(port, user, password), serverSelectionTimeoutMS=int(timeout * 1000),
+                                 connectTimeoutMS=int(timeout * 1000), socketTimeoutMS=int(timeout * 1000))
+    try:
+        client.admin.command("ping")
+        return None
+    except pymongo.errors.OperationFailure as error:
+        return f"it refuses the login ({error.details.get('errmsg', error) if error.details else error})"
+    except pymongo.errors.PyMongoError:
+        return f"it does not answer within {timeout:.0f} s"
+    finally:
+        client.close()
+
+
 class LocalMongo:
     """The local MongoDB-compatible server as a real process on 127.0.0.1."""
 
