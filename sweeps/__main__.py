@@ -15,6 +15,18 @@ from sweeps.points import expand, load_experiment, parse_value, point_configs
 from sweeps.summary import print_summary
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints the whole usage first; one line says what is wrong
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: give an integer >= 1")
+    return value
+
+
 def parse_args(argv: list[str]):
     words = list(argv)
     updates, named_configs = {}, []
@@ -29,27 +41,27 @@ def parse_args(argv: list[str]):
             else:
                 raise SystemExit(f"`with {item}`: expected a named config or KEY=VALUE")
         words = words[:at]
-    parser = argparse.ArgumentParser(prog="python -m sweeps", description=sweeps.__doc__.split("\n\n")[0],
+    parser = _OneLineParser(prog="python -m sweeps", description=sweeps.__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment_file", help="an experiment file with `ex` (and optionally SWEEPS)")
     parser.add_argument("--sweep", help="a named sweep of the experiment's SWEEPS")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                         help="a swept key and its values (repeat for a cartesian product)")
-    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 for every grid point (config key `seed`)")
+    parser.add_argument("--seeds", type=positive_int, help="seeds 0..N-1 for every grid point (config key `seed`)")
     parser.add_argument("--named-config", action="append", default=[], help="a named config for every point")
     parser.add_argument("--name", help="the sweep's tag (default: the --sweep name, else 'grid')")
     parser.add_argument("--list", action="store_true", help="print the points and exit")
-    parser.add_argument("--block-size", type=int, default=BLOCK_SIZE,
+    parser.add_argument("--block-size", type=positive_int, default=BLOCK_SIZE,
                         help=f"points trained together in one process (default {BLOCK_SIZE}; 1: one run at a time)")
     where = parser.add_argument_group("where the workers run (default: a local cluster, one process per core)")
-    where.add_argument("--workers", type=int, help="local worker processes")
+    where.add_argument("--workers", type=positive_int, help="local worker processes")
     where.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
     where.add_argument("--slurm", action="store_true", help="workers as SLURM jobs (dask-jobqueue)")
     where.add_argument("--slurm-partition", help="SLURM partition (queue)")
     where.add_argument("--slurm-walltime", default="01:00:00", help="walltime per job (default 01:00:00)")
     where.add_argument("--slurm-memory", default="4GB", help="memory per job (default 4GB)")
-    where.add_argument("--slurm-cores", type=int, default=1, help="cores (= worker processes) per job")
-    where.add_argument("--slurm-jobs", type=int, default=1, help="number of SLURM jobs")
+    where.add_argument("--slurm-cores", type=positive_int, default=1, help="cores (= worker processes) per job")
+    where.add_argument("--slurm-jobs", type=positive_int, default=1, help="number of SLURM jobs")
     args = parser.parse_args(words)
     args.named_config += named_configs
     return args, updates
@@ -84,6 +96,7 @@ def build_spec(args, updates: dict, module) -> tuple[dict, str]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     import harness
+    from sacred.utils import SacredError
 
     args, updates = parse_args(sys.argv[1:] if argv is None else argv)
     module = load_experiment(args.experiment_file)
@@ -93,6 +106,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except harness.ConfigError as error:
         print(f"harness.ConfigError: {error}", file=sys.stderr)
         return 2
+    except SacredError as error:  # e.g. a --grid key or a named config the experiment does not have
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        print(f"{type(error).__name__}: {lines[0]}" + (f" ({'; '.join(lines[2:])})" if len(lines) > 2 else ""),
+              file=sys.stderr)
+        return 2
     if args.list:
         for point in points:
             print(f"{point.key}  {point.describe()}")
@@ -101,14 +119,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.slurm:
         slurm = {"partition": args.slurm_partition, "walltime": args.slurm_walltime, "memory": args.slurm_memory,
                  "cores": args.slurm_cores, "jobs": args.slurm_jobs}
+    store = default_store()
+    store.check()  # a MongoDB that refuses the login or is not there: one line, before any worker starts
     started = time.time()
     client = make_client(args.workers, args.scheduler, slurm)
     cluster = None if args.scheduler else client.cluster  # ours to close; an existing cluster stays up
     try:
         n_workers = len(client.scheduler_info().get("workers", {}))
         print(f"sweep {sweep}: {len(points)} points on {n_workers or 'pending'} Dask "
-              f"workers ({client.scheduler.address}); recording to {_where(default_store())}", flush=True)
-        rows = run_sweep(args.experiment_file, spec, sweep, client, block_size=args.block_size, points=points)
+              f"workers ({client.scheduler.address}); recording to {_where(store)}", flush=True)
+        rows = run_sweep(args.experiment_file, spec, sweep, client, block_size=args.block_size, store=store,
+                         points=points)
     except KeyboardInterrupt:
         print(f"\nsweep {sweep} interrupted: run the same command again to run only the points not COMPLETED",
               file=sys.stderr)
@@ -117,7 +138,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         client.close()
         if cluster is not None:
             cluster.close()
-    code = print_summary(rows, sweep, results=getattr(module, "SWEEP_RESULTS", ()))
+    store.drop_expired_claims(sweep)  # e.g. those a worker could not release while MongoDB was away
+    code = print_summary(rows, sweep, results=getattr(module, "SWEEP_RESULTS", ()), runs=store.runs(sweep))
     print(f"wall time {time.time() - started:.1f} s")
     return code
 

@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import sys
+from pathlib import Path
 
 from sweeps.points import Point, load_experiment
 
@@ -62,6 +63,7 @@ def _record(module, sweep: str, point: Point, share, store) -> dict:
     """Run one point as an ordinary run of the experiment; its main records it (and takes
     ``share``, what ``train_block`` trained for it, when there is one)."""
     run = None
+    store.wait_until_reachable()  # a short MongoDB outage: wait, rather than start the run in the fallback
     try:
         # a worker prints nothing per run (its captured output is recorded in the run, as usual)
         options = {"--capture": "sys", "--loglevel": "ERROR"}
@@ -74,7 +76,10 @@ def _record(module, sweep: str, point: Point, share, store) -> dict:
         if isinstance(error, KeyboardInterrupt):
             raise
         return {"status": "FAILED", "run": getattr(run, "_id", None), "error": f"{type(error).__name__}: {error}"}
-    store.tag(run._id, sweep)
+    fallback = next((str(o.fallback_run_dir) for o in run.observers if getattr(o, "fallback_run_dir", None)), None)
+    if fallback is None:
+        store.tag(run._id, sweep)
     result = run.result if isinstance(run.result, dict) else {}
-    return {"status": "COMPLETED", "run": run._id,
+    return {"status": "COMPLETED", "run": run._id if fallback is None else f"fallback {Path(fallback).name}",
+            "fallback": fallback,
             "result": {k: v for k, v in result.items() if isinstance(v, (str, int, float, bool, type(None)))}}
