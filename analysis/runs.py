@@ -75,7 +75,17 @@ def _load_mongo(url: str, experiment, db_name, config_filters) -> list:
         query["experiment.name"] = experiment
     for key, wanted in config_filters.items():
         query[f"config.{key}"] = {"$in": list(wanted)} if isinstance(wanted, (list, tuple, set)) else wanted
-    return list(loader.find(query))
+    import pymongo.errors
+
+    from observers.mongo import redact
+
+    try:
+        return list(loader.find(query))
+    except pymongo.errors.OperationFailure as error:  # one line, without the credentials
+        raise PermissionError(f"MongoDB refused access to database {db_name} "
+                              f"({redact(str(error).splitlines()[0], url)}): check the user and password") from None
+    except pymongo.errors.ConnectionFailure as error:
+        raise ConnectionError(f"no MongoDB reachable at {redact(url, url)} ({type(error).__name__})") from None
 
 
 def _run_dirs(root: Path) -> Iterable[Path]:

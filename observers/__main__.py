@@ -14,7 +14,11 @@ def main(argv=None) -> int:
         from observers.sync import main as sync_main
 
         return sync_main(argv)
-    print(__doc__.strip(), file=sys.stderr)
+    if command in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    print(f"python -m observers: unknown command {command!r}: use sync [DIR ...] (--help)" if command
+          else "python -m observers: give a command: sync [DIR ...] (--help)", file=sys.stderr)
     return 2
 
 
