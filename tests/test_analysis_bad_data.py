@@ -69,3 +69,17 @@ def test_bad_run_directories_are_loaded_or_skipped_with_one_line(good_runs, tmp_
     assert any(str(root / "4") in m and "metrics.json" in m for m in messages)
     assert any(str(root / "6") in m and "info.json" in m for m in messages)
     assert not any("_sources" in m or "fallback" in m for m in messages)
+
+
+def test_loader_errors_are_one_line_without_credentials(tmp_path, local_mongo):
+    """A runs directory that does not exist, a MongoDB that refuses the login, one that is not there."""
+    with pytest.raises(FileNotFoundError, match=f"^no runs directory at {tmp_path / 'nope'}$"):
+        analysis.runs_table(str(tmp_path / "nope"))
+    wrong = local_mongo.url().replace(local_mongo.password, "wrong-password-123")
+    with pytest.raises(PermissionError, match="^MongoDB refused access to database sacred") as refused:
+        analysis.runs_table(wrong)
+    assert "wrong-password-123" not in str(refused.value) and "\n" not in str(refused.value)
+    with pytest.raises(ConnectionError, match="^no MongoDB reachable at mongodb://127.0.0.1:1/") as absent:
+        analysis.runs_table("mongodb://127.0.0.1:1/?directConnection=true&serverSelectionTimeoutMS=1000")
+    assert "\n" not in str(absent.value)
+    assert not (tmp_path / "nope").exists()
