@@ -1,14 +1,15 @@
 """Analysis of Toylab runs: loading through Incense into pandas, aggregation over seeds, figures."""
 import importlib
 
+from analysis.export import export
 from analysis.grokking import (critical_fraction, critical_fraction_figure, dof_probability, phase_cells,
                                phase_diagram, phase_table)
 from analysis.intervals import aggregate, curves_over_seeds, mean_ci, summarise
 from analysis.runs import load_runs, metrics_table, runs_table, sweep_runs
 
-__all__ = ["aggregate", "critical_fraction", "critical_fraction_figure", "curves_over_seeds", "dof_probability",
-           "load_runs", "mean_ci", "metrics_table", "phase_cells", "phase_diagram", "phase_table", "runs_table",
-           "summarise", "sweep_runs", "two_stage", "list_ops", "fsm", "flow_vs_regression"]
+__all__ = ["export", "aggregate", "critical_fraction", "critical_fraction_figure", "curves_over_seeds",
+           "dof_probability", "load_runs", "mean_ci", "metrics_table", "phase_cells", "phase_diagram", "phase_table",
+           "runs_table", "summarise", "sweep_runs", "two_stage", "list_ops", "fsm", "flow_vs_regression"]
 _TOPICS = ("two_stage", "list_ops", "fsm", "flow_vs_regression")  # per-experiment aggregation, imported on first use (matplotlib, torch)
 
 

@@ -171,17 +171,20 @@ def runs_table(source, experiment: Optional[str] = None, db_name: Optional[str] 
                dead_after: float = DEAD_AFTER, **config_filters) -> pd.DataFrame:
     """One row per run: id, status, times, config keys as columns, result values.
     A RUNNING run without a heartbeat for ``dead_after`` seconds has status DEAD."""
-    rows = []
+    rows, config_columns, result_columns = [], set(), set()
     for run in load_runs(source, experiment, db_name, **config_filters):
         row = {"run": run.id, "experiment": run.experiment["name"], "status": run.status,
                "recorded_status": run.status,
                "start_time": run.get("start_time"), "stop_time": run.get("stop_time"),
                "heartbeat": run.get("heartbeat"),
                "sweep": (run.get("meta") or {}).get("sweep")}  # the sweeps package tags its runs
-        row.update(_flat_config(run))
+        config = _flat_config(run)
+        row.update(config)
+        config_columns.update(config)
         result = _thaw(run.get("result"))
         if isinstance(result, dict):
             row.update({key: value for key, value in result.items() if key not in row})
+            result_columns.update(key for key in result if key not in config)
         elif result is not None:
             row["result"] = result
         rows.append(row)
@@ -193,7 +196,10 @@ def runs_table(source, experiment: Optional[str] = None, db_name: Optional[str] 
     last_sign = table["heartbeat"].fillna(table["start_time"])
     stale = pd.Timestamp.now(tz="UTC") - last_sign > pd.Timedelta(seconds=dead_after)
     table.loc[(table["recorded_status"] == "RUNNING") & stale, "status"] = "DEAD"
-    return table.sort_values("run").reset_index(drop=True)
+    table = table.sort_values("run").reset_index(drop=True)
+    # which columns are config and which are results (both are plain columns of the table)
+    table.attrs.update(config_columns=sorted(config_columns), result_columns=sorted(result_columns))
+    return table
 
 
 def mongo_metrics(database, run_id) -> dict:

@@ -155,3 +155,28 @@ def test_progress_bar_on_a_terminal_does_not_bloat_captured_output(tmp_path):
     captured = (tmp_path / "runs" / "1" / "cout.txt").read_text()
     assert "\r" not in captured and "step" in captured
     assert len(captured) < 4000
+
+
+def test_flagship_run_generalises_and_says_its_split_allows_it(tmp_path):
+    """make run is the paper's settings on a split whose test sums all appear in training."""
+    makefile = (REPO / "Makefile").read_text()
+    command = next(line.split("$(PY) ", 1)[1] for line in makefile.split("\nrun: venv\n", 1)[1].splitlines()[:1])
+    result = run_script(command.split(), env={"TOYLAB_RUNS_DIR": str(tmp_path / "runs")})
+    assert result.returncode == 0, result.stderr
+    [run_dir] = run_dirs(tmp_path / "runs")
+    outcome = json.loads((run_dir / "run.json").read_text())["result"]
+    assert outcome["reachable_test_acc"] == 1.0 and outcome["final_test_acc"] >= 0.9
+    assert outcome["phase"] in ("comprehension", "grokking")
+    assert "every test sum appears in training" in result.stdout
+
+
+def test_the_package_accepts_a_range_of_torch_builds_and_the_test_setup_pins_one():
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    [torch] = [line.strip() for line in setup["options"]["install_requires"].splitlines()
+               if line.strip().startswith("torch")]
+    assert torch.startswith("torch>=") and "==" not in torch  # a GPU user's CUDA build satisfies it
+    assert "torch==2.13.0" in (REPO / "constraints.txt").read_text().split()
+    assert "-c constraints.txt" in (REPO / "Makefile").read_text()

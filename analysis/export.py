@@ -1,0 +1,65 @@
+"""Runs and metrics out of Toylab: a runs table or a metrics table as CSV or Parquet.
+
+    analysis.export("runs", "runs.csv", experiment="grokking", sweep="phase_mse_quick")
+    analysis.export("runs", "curves.parquet", what="metrics", metric=["test.acc"])
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from analysis.runs import metrics_table, runs_table
+
+FORMATS = (".csv", ".parquet")
+
+
+def export(source, path, what: str = "runs", experiment: Optional[str] = None, db_name: Optional[str] = None,
+           status: Optional[str] = None, sweep: Optional[str] = None, metric=None, **config_filters) -> Path:
+    """Write the runs table (``what="runs"``: one row per run, config keys and results as
+    columns) or the metrics table (``"metrics"``: run, metric, step, value) of ``source`` (a
+    runs directory or a MongoDB URL) to ``path``, CSV or Parquet by its suffix. ``status`` and
+    ``sweep`` select runs; further keywords filter on config values. Returns the path."""
+    path = Path(path)
+    if path.suffix not in FORMATS:
+        raise ValueError(f"{path}: the file name must end in {' or '.join(FORMATS)}")
+    if what not in ("runs", "metrics"):
+        raise ValueError(f"what={what!r}: use runs or metrics")
+    runs = select(runs_table(source, experiment=experiment, db_name=db_name, **config_filters), status, sweep)
+    if what == "runs":
+        table = runs
+    else:
+        table = metrics_table(source, metric=metric, experiment=experiment, db_name=db_name, **config_filters)
+        table = table[table["run"].isin(runs["run"])].reset_index(drop=True)
+    table = _plain(table)
+    if path.suffix == ".csv":
+        table.to_csv(path, index=False)
+    else:
+        table.to_parquet(path, index=False)
+    return path
+
+
+def select(runs: pd.DataFrame, status: Optional[str] = None, sweep: Optional[str] = None) -> pd.DataFrame:
+    """The rows of a runs table with that status (e.g. COMPLETED, DEAD) and from that sweep."""
+    if status is not None:
+        runs = runs[runs["status"] == status]
+    if sweep is not None:
+        runs = runs[runs["sweep"] == sweep]
+    return runs.reset_index(drop=True)
+
+
+def _plain(table: pd.DataFrame) -> pd.DataFrame:
+    """Columns a file format can hold: lists and dicts (e.g. a config list) as JSON text, and
+    columns that mix numbers with text as text."""
+    table = table.copy()
+    for column in table.columns:
+        if table[column].dtype != object:
+            continue
+        values = table[column].dropna()
+        if values.map(lambda v: isinstance(v, (list, tuple, dict))).any():
+            table[column] = table[column].map(lambda v: v if v is None else json.dumps(v, default=str))
+        elif values.map(type).nunique() > 1:
+            table[column] = table[column].map(lambda v: v if v is None else str(v))
+    return table

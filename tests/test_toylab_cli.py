@@ -1,0 +1,118 @@
+"""The toylab command, as installed (the console script of the venv), each subcommand through
+the real engine: a sweep on a real Dask cluster, sync to the real server process, the runs
+table and the export of real recorded runs."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO
+
+TOYLAB = str(Path(sys.executable).parent / "toylab")
+
+
+def toylab(*arguments, env=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([TOYLAB, *arguments], cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """Three real grokking runs: two of a sweep (decoder lr 1e-3, 1e-2), one alone."""
+    runs = tmp_path_factory.mktemp("cli") / "runs"
+    env = {"TOYLAB_RUNS_DIR": str(runs)}
+    swept = toylab("sweep", "experiments/grokking.py", "--name", "cli", "--grid", "decoder_lr=1e-3,1e-2", "--workers",
+                   "1", "with", "paper", "train_steps=60", "log_every=10", env=env)
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    assert "2 points: 2 run now" in swept.stdout
+    alone = subprocess.run([sys.executable, "experiments/grokking.py", "with", "train_steps=30", "seed=5"], cwd=REPO,
+                           env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert alone.returncode == 0, alone.stderr
+    return runs
+
+
+def test_help_lists_every_subcommand():
+    result = toylab("--help")
+    assert result.returncode == 0
+    for command in ("sweep", "board", "sync", "runs", "export"):
+        assert f"    {command} " in result.stdout, command
+
+
+def test_runs_table_shows_the_varying_config_and_the_results_and_filters(recorded):
+    env = {"TOYLAB_RUNS_DIR": str(recorded)}
+    result = toylab("runs", env=env)
+    assert result.returncode == 0, result.stderr
+    header, *rows, total = result.stdout.strip().splitlines()
+    assert header.split()[:3] == ["run", "experiment", "status"]
+    assert {"decoder_lr", "seed", "train_steps", "phase", "final_test_acc"} <= set(header.split())
+    assert "final_rqi" not in header.split()[:8]  # results come after the config keys
+    assert len(rows) == 3 and total == f"3 runs in {recorded}"
+    only = toylab("runs", str(recorded), "--sweep", "cli", "decoder_lr=0.01", "--columns", "decoder_lr,seed")
+    assert only.returncode == 0, only.stderr
+    header, *rows, total = only.stdout.strip().splitlines()
+    assert header.split()[:5] == ["run", "experiment", "status", "decoder_lr", "seed"]
+    assert len(rows) == 1 and rows[0].split()[3] == "0.01" and total.startswith("1 runs")
+    none = toylab("runs", "--status", "FAILED", env=env)
+    assert none.returncode == 0 and "no runs in" in none.stdout
+    bad = toylab("runs", "--columns", "nope", env=env)
+    assert bad.returncode != 0 and bad.stderr.strip() == "toylab: --columns nope: not a config key of these runs"
+    missing = toylab("runs", str(recorded / "nope"))
+    assert missing.returncode != 0 and missing.stderr.strip() == f"toylab: no runs directory at {recorded / 'nope'}"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_export_writes_the_runs_table_and_the_metrics(recorded, tmp_path, suffix):
+    import analysis
+
+    env = {"TOYLAB_RUNS_DIR": str(recorded)}
+    runs_file, metrics_file = tmp_path / f"runs{suffix}", tmp_path / f"metrics{suffix}"
+    result = toylab("export", "--to", str(runs_file), "--sweep", "cli", env=env)
+    assert result.returncode == 0, result.stderr
+    read = pd.read_csv if suffix == ".csv" else pd.read_parquet
+    exported = read(runs_file)
+    table = analysis.runs_table(str(recorded))
+    assert sorted(exported["run"]) == sorted(table[table["sweep"] == "cli"]["run"])
+    assert sorted(exported["decoder_lr"]) == [1e-3, 1e-2] and set(exported["phase"]) <= {
+        "comprehension", "grokking", "memorization", "confusion"}
+    result = toylab("export", "--to", str(metrics_file), "--metrics", "test.acc", env=env)
+    assert result.returncode == 0, result.stderr
+    metrics = read(metrics_file)
+    expected = analysis.metrics_table(str(recorded), metric="test.acc")
+    assert len(metrics) == len(expected) > 0 and set(metrics["metric"]) == {"test.acc"}
+    assert metrics.sort_values(["run", "step"])["value"].tolist() == expected.sort_values(["run", "step"])[
+        "value"].tolist()
+    bad = toylab("export", "--to", str(tmp_path / "runs.xlsx"), env=env)
+    assert bad.returncode != 0 and "must end in .csv or .parquet" in bad.stderr
+    assert not (tmp_path / "runs.xlsx").exists()
+
+
+def test_export_function_keeps_list_config_values_as_json(tmp_path):
+    import analysis
+
+    table = pd.DataFrame({"run": [1, 2], "experiment": ["e", "e"], "status": ["COMPLETED"] * 2, "sweep": [None] * 2,
+                          "sizes": [[1, 2], [3]], "mixed": [1, "a"]})
+    path = tmp_path / "t.parquet"
+    module = sys.modules["analysis.export"]  # the module, which analysis.export (the function) shadows
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "runs_table", lambda *a, **k: table)
+        analysis.export("anywhere", path)
+    back = pd.read_parquet(path)
+    assert [json.loads(v) for v in back["sizes"]] == [[1, 2], [3]] and list(back["mixed"]) == ["1", "a"]
+
+
+def test_sync_uploads_to_the_real_server_and_board_refuses_an_unknown_command(recorded, local_mongo, tmp_path):
+    import pymongo
+
+    result = toylab("sync", str(recorded), env={"TOYLAB_MONGO_URL": local_mongo.url(), "TOYLAB_MONGO_DB": "cli"},
+                    timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    db = pymongo.MongoClient(local_mongo.url(), serverSelectionTimeoutMS=5000)["cli"]
+    assert db.runs.count_documents({"status": "COMPLETED"}) == 3
+    board = toylab("board", "bogus", env={"TOYLAB_BOARD_STATE": str(tmp_path / "board")})
+    assert board.returncode == 2 and len(board.stderr.strip().splitlines()) == 1 and "bogus" in board.stderr
+    stop = toylab("board", "stop", env={"TOYLAB_BOARD_STATE": str(tmp_path / "board")})
+    assert stop.returncode == 0 and "not running" in stop.stdout
