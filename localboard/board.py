@@ -9,6 +9,7 @@ import re
 import secrets
 from typing import Optional
 
+from localboard import columns
 from localboard.omniboard import OMNIBOARD_MARKER, omniboard_argv, omniboard_env, omniboard_missing, omniboard_status
 from localboard.processes import (HOST, STATE, BoardError, board_lock, listening_ports, pid_alive, port_open, spawn,
                                   stop_pid, wait_until)
@@ -81,7 +82,9 @@ def sync_runs(mongo_port: int, user: str, password: str):
 
     client, db = connect(mongo_url(mongo_port, user, password), DB_NAME)
     try:
-        return Uploader(db).sync(run_dirs(default_roots()))
+        report = Uploader(db).sync(run_dirs(default_roots()))
+        columns.configure(db)  # the config keys that vary and the results, as Omniboard columns
+        return report
     except pymongo.errors.PyMongoError as error:
         raise BoardError(f"uploading the runs to the server on port {mongo_port} failed: {error}; "
                          "run 'make board' again (a run half-uploaded is uploaded again)") from None

@@ -116,6 +116,18 @@ def test_browser_sees_the_run_its_metrics_plot_and_artifacts(board):
             row = page.get_by_role("row").filter(has_text="grokking")
             expect(row).to_have_count(1, timeout=60_000)  # the page says "Loading..." until its API calls return
             expect(row).to_contain_text("COMPLETED")
+            # the board's own columns: the run's results (Omniboard by itself shows config keys but no
+            # result), at the right end of the table, which draws only the columns in view
+            result = json.loads((Path(board["env"]["TOYLAB_RUNS_DIR"]) / "1" / "run.json").read_text())["result"]
+            page.mouse.move(700, 400)
+            for _ in range(30):
+                page.mouse.wheel(3000, 0)
+            for column in ("Phase", "T Train", "Steps"):
+                expect(page.get_by_role("columnheader").filter(has_text=column).first).to_be_visible(timeout=30_000)
+            expect(page.get_by_role("row").filter(has_text=result["phase"])).to_have_count(1)
+            page.screenshot(path=str(OUTPUT / "board-result-columns.png"))
+            for _ in range(30):
+                page.mouse.wheel(-3000, 0)
 
             row.get_by_text("grokking", exact=True).click()
             expect(page.get_by_text("Details for:")).to_be_visible(timeout=30_000)
