@@ -66,6 +66,16 @@ def redact(text: str, url: Optional[str]) -> str:
     return re.sub(r"(mongodb(?:\+srv)?://)[^@/\s]*@", r"\1***@", text)
 
 
+def disk_full(error: BaseException) -> bool:
+    """Whether MongoDB refused a write because its disk is full: the local server (SQLite)
+    answers ``database or disk is full``; MongoDB's own code for it is 14031 (OutOfDiskSpace)."""
+    import pymongo.errors
+
+    if not isinstance(error, pymongo.errors.OperationFailure):
+        return False
+    return error.code == 14031 or bool(re.search(r"disk is full|no space left|out of disk space", str(error), re.I))
+
+
 class _Metric:
     """All points of one metric, and how many of them MongoDB holds, per chunk."""
 
@@ -106,6 +116,7 @@ class ResilientMongoObserver(RunObserver):
         self.run_id = None  # the run's id in MongoDB (None when it never got one)
         self.fallback_run_dir: Optional[Path] = None  # set when the run went to file storage
         self.last_error: Optional[str] = None
+        self.server_full = False  # MongoDB's last answer: its disk is full (no point waiting for it at the end)
         self.waiting_to_end = False  # True during the bounded wait for MongoDB at the end of the run
         self.stop_waiting = False  # set by the SIGTERM handler: end that wait at the next check
         self._file: Optional[FileStorageObserver] = None  # the fallback, once in use
@@ -158,11 +169,12 @@ class ResilientMongoObserver(RunObserver):
             return self.run_id
         except Exception as error:  # noqa: BLE001 - any failure here means: record locally
             self.last_error = f"{type(error).__name__}: {error}"
+            what = "disk full at start" if disk_full(error) else "unreachable at start"
             self._file = observers.AtomicFileStorageObserver(str(self.fallback_root))
             run_id = self._file.started_event(ex_info, command, host_info, start_time, config,
-                                              self._fallback_meta(meta_info, "unreachable at start"), None)
+                                              self._fallback_meta(meta_info, what), None)
             self.fallback_run_dir = Path(self._file.dir)
-            self._warn(f"MongoDB unreachable at start ({self.last_error}); recording run in fallback file "
+            self._warn(f"MongoDB {what} ({self.last_error}); recording run in fallback file "
                        f"storage {self.fallback_run_dir} (upload later with: python -m observers sync)")
             return run_id
 
@@ -201,6 +213,11 @@ class ResilientMongoObserver(RunObserver):
             except pymongo.errors.DuplicateKeyError:
                 if not automatic:
                     raise
+
+    @property
+    def storage_full(self):
+        """The fallback file storage's StorageFull, when its disk is full too (observers.attach stops the run)."""
+        return getattr(self._file, "storage_full", None)
 
     def heartbeat_event(self, info, captured_out, beat_time, result):
         if self._file is not None:
@@ -275,7 +292,7 @@ class ResilientMongoObserver(RunObserver):
         deadline = started + self.end_timeout
         self.waiting_to_end = True  # observers.attach's SIGTERM handler interrupts this wait
         try:
-            if not self._flush():
+            if not self._flush() and not self.server_full:  # a full disk does not empty itself in seconds
                 self._warn(f"MongoDB not reachable at the end of the run; waiting up to {self.end_timeout:g} s "
                            "(Ctrl-C or SIGTERM stops waiting and keeps the run in fallback file storage)")
                 while not self.stop_waiting and not self._flush() and time.monotonic() < deadline:
@@ -302,6 +319,7 @@ class ResilientMongoObserver(RunObserver):
             while True:
                 with self._state_lock:
                     if not self._queue:
+                        self.server_full = False
                         return True
                     operation = self._queue[0]
                     if operation[0] == "set":  # merge consecutive $sets: only the latest values matter
@@ -323,12 +341,18 @@ class ResilientMongoObserver(RunObserver):
                 self._warn(f"MongoDB write failed ({type(error).__name__}: {error}); keeping the run's events "
                            "in memory and retrying at the next heartbeat")
             self.last_error = f"{type(error).__name__}: {error}"
+            self.server_full = False
             return False
         except Exception as error:  # noqa: BLE001 - e.g. an unencodable info: never kill the run
             message = f"{type(error).__name__}: {error}"
             if message != self.last_error:
-                self._warn(f"MongoDB write refused ({message}); the run will be kept in fallback file storage")
+                if disk_full(error):
+                    self._warn(f"MongoDB's disk is full ({message}); keeping the run's events in memory: unless "
+                               "space is freed, the complete run goes to fallback file storage at its end")
+                else:
+                    self._warn(f"MongoDB write refused ({message}); the run will be kept in fallback file storage")
             self.last_error = message
+            self.server_full = disk_full(error)
             return False
         finally:
             self._flush_lock.release()
@@ -410,10 +434,17 @@ class ResilientMongoObserver(RunObserver):
     def _write_fallback(self, waited: float) -> None:
         """The complete run as a Sacred file-storage run dir under the fallback root."""
         s = self._start
-        reason = f"MongoDB unreachable at the end of the run (waited {waited:.1f} s)"
+        if self.server_full:
+            reason = "MongoDB's disk is full at the end of the run"
+        else:
+            reason = f"MongoDB unreachable at the end of the run (waited {waited:.1f} s)"
         observer = observers.AtomicFileStorageObserver(str(self.fallback_root))
+        # from here on the run is this file-storage run: if its disk is full too (StorageFull),
+        # Sacred's failed_event records FAILED there rather than starting a second fallback run
+        self._file = observer
         observer.started_event(copy.deepcopy(s["ex_info"]), s["command"], s["host_info"], s["start_time"],
                                s["config"], self._fallback_meta(s["meta_info"], reason), None)
+        self.fallback_run_dir = Path(observer.dir)
         with self._state_lock:
             metrics = {m.name: {"steps": list(m.steps), "values": list(m.values),
                                 "timestamps": list(m.timestamps)} for m in self._metrics.values()}
@@ -431,14 +462,15 @@ class ResilientMongoObserver(RunObserver):
                 observer.resource_event(filename)
         observer.heartbeat_event(beat["info"], beat["captured_out"], beat["beat_time"], beat["result"])
         getattr(observer, self._final[0])(**self._final[1])
-        self.fallback_run_dir = Path(observer.dir)
         where = f"MongoDB run {self.run_id} is incomplete" if self.run_id is not None else "nothing in MongoDB"
+        when = " once it has space" if self.server_full else ""
         self._warn(f"{reason}: the complete run is in fallback file storage {self.fallback_run_dir} ({where}; "
-                   f"upload with: python -m observers sync); last error: {self.last_error}")
+                   f"upload with: python -m observers sync{when}); last error: {self.last_error}")
 
     def describe(self) -> str:
         if self.fallback_run_dir is not None:
-            return f"fallback file storage {self.fallback_run_dir} (MongoDB unreachable)"
+            why = "MongoDB's disk is full" if self.server_full else "MongoDB unreachable"
+            return f"fallback file storage {self.fallback_run_dir} ({why})"
         return f"MongoDB database {self.db_name}, run {self.run_id}"
 
 

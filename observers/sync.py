@@ -15,8 +15,11 @@ Exactly once, even if a sync is interrupted: every uploaded run document carries
 ``toylab_sync.complete``. The run document is written first (incomplete), then its metrics
 and artifacts, then it is marked complete. A run found complete is skipped; one found
 incomplete (a sync that died half-way) has its metrics and artifacts removed and is
-uploaded again under the same id. File-storage ids are local: the MongoDB run gets the
-next free id, and the original id is kept in ``toylab_sync.file_run_id``.
+uploaded again under the same id (artifact uploads it began are noted in
+``toylab_sync.gridfs_ids`` first, so even the chunks of one cut off half-way are removed).
+File-storage ids are local: the MongoDB run gets the next free id, and the original id is
+kept in ``toylab_sync.file_run_id``. A sync that stops half-way (MongoDB gone, its disk
+full) says so in one line naming the cause and the run left incomplete, and exits 1.
 
 A fallback run (``meta.toylab_fallback``, written by the robust observer when MongoDB was
 unreachable) replaces the incomplete MongoDB run it names, when that run is still there
@@ -75,6 +78,7 @@ class SyncReport:
     uploaded: list = field(default_factory=list)  # (run dir, mongo id)
     already: int = 0  # found complete in MongoDB
     skipped: list = field(default_factory=list)  # (run dir, reason)
+    current: Optional[Path] = None  # the run dir being uploaded (when a sync stops half-way: that one)
 
     def summary(self) -> str:
         text = f"sync: {len(self.uploaded)} uploaded, {self.already} already in MongoDB"
@@ -145,7 +149,9 @@ class Uploader:
             if existing is not None and existing["toylab_sync"].get("complete"):
                 report.already += 1
                 continue
+            report.current = run_dir
             report.uploaded.append((run_dir, self.upload(run_dir, run, origin, existing)))
+            report.current = None
         return report
 
     # ------------------------------------------------------------------ one run
@@ -213,9 +219,15 @@ class Uploader:
 
     def _remove_parts(self, run_id) -> None:
         metric_documents.delete_metrics(self.db, run_id)  # metrics and metric_chunks
-        doc = self.runs.find_one({"_id": run_id}, {"artifacts": 1}) or {}
+        doc = self.runs.find_one({"_id": run_id}, {"artifacts": 1, "toylab_sync": 1}) or {}
         for artifact in doc.get("artifacts") or []:
             self.fs.delete(artifact["file_id"])
+        # the artifacts an interrupted sync began, down to the chunks of one cut off before its
+        # fs.files document (GridFS writes that last: a full disk leaves chunks nothing refers to)
+        begun = (doc.get("toylab_sync") or {}).get("gridfs_ids") or []
+        if begun:
+            self.db["fs.chunks"].delete_many({"files_id": {"$in": begun}})
+            self.db["fs.files"].delete_many({"_id": {"$in": begun}})
         strays = {"$or": [{"metadata.toylab_run_id": run_id},  # put by an interrupted sync, not yet referenced
                           {"filename": {"$regex": f"^artifact://runs/{run_id}/"}}]}  # or by the live observer
         for stray in self.db["fs.files"].find(strays, {"_id": 1}):
@@ -236,10 +248,13 @@ class Uploader:
             path = run_dir / name
             if not path.is_file():
                 continue
+            from bson import ObjectId
+
+            file_id = ObjectId()  # noted in the run first, so a later sync can remove what a cut-off upload left
+            self.runs.update_one({"_id": run_id}, {"$push": {"toylab_sync.gridfs_ids": file_id}})
             with open(path, "rb") as f:
-                file_id = self.fs.put(f, filename=f"artifact://runs/{run_id}/{name}",
-                                      metadata={"toylab_run_id": run_id},
-                                      content_type=mimetypes.guess_type(name)[0])
+                self.fs.put(f, _id=file_id, filename=f"artifact://runs/{run_id}/{name}",
+                            metadata={"toylab_run_id": run_id}, content_type=mimetypes.guess_type(name)[0])
             stored.append({"name": name, "file_id": file_id})
         return stored
 
@@ -273,11 +288,13 @@ def connect(url: Optional[str] = None, db_name: Optional[str] = None):
     return client, client[db_name]
 
 
-def sync(dirs: Iterable[os.PathLike] = (), url: Optional[str] = None, db_name: Optional[str] = None) -> SyncReport:
-    """Upload every run under the default roots and ``dirs`` that MongoDB does not have yet."""
+def sync(dirs: Iterable[os.PathLike] = (), url: Optional[str] = None, db_name: Optional[str] = None,
+         report: Optional[SyncReport] = None) -> SyncReport:
+    """Upload every run under the default roots and ``dirs`` that MongoDB does not have yet
+    (into ``report``, which keeps what was done when the sync stops half-way)."""
     client, db = connect(url, db_name)
     try:
-        return Uploader(db).sync(run_dirs([*default_roots(), *map(Path, dirs)]))
+        return Uploader(db).sync(run_dirs([*default_roots(), *map(Path, dirs)]), report)
     finally:
         client.close()
 
@@ -288,11 +305,23 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import pymongo.errors
 
+    from observers.mongo import disk_full
+
+    report = SyncReport()
     try:
-        report = sync(args.dirs)
+        sync(args.dirs, report=report)
     except pymongo.errors.PyMongoError as error:
-        print(f"sync: MongoDB not reachable or refused the upload ({type(error).__name__}); nothing lost, "
-              "run sync again when it is back", file=sys.stderr)
+        done = f"{len(report.uploaded)} uploaded before; " if report.uploaded else ""
+        if report.current is not None:
+            done += f"{report.current} was not uploaded completely (the next sync uploads it again, once); "
+        if disk_full(error):
+            # the server's own words ("database or disk is full"): no URL, no credentials in them
+            reason = error.details.get("errmsg") if isinstance(error.details, dict) else None
+            print(f"sync: MongoDB's disk is full ({reason or error.code}); {done}nothing lost: free space on the "
+                  "server, then run sync again", file=sys.stderr)
+        else:
+            print(f"sync: MongoDB not reachable or refused the upload ({type(error).__name__}); {done}nothing lost, "
+                  "run sync again when it is back", file=sys.stderr)
         return 1
     for run_dir, reason in report.skipped:
         print(f"sync: skipped {run_dir}: {reason}", file=sys.stderr)
