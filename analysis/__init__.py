@@ -9,8 +9,10 @@ from analysis.runs import load_runs, metrics_table, runs_table, sweep_runs
 
 __all__ = ["export", "aggregate", "critical_fraction", "critical_fraction_figure", "curves_over_seeds",
            "dof_probability", "load_runs", "mean_ci", "metrics_table", "phase_cells", "phase_diagram", "phase_table",
-           "runs_table", "summarise", "sweep_runs", "two_stage", "list_ops", "fsm", "flow_vs_regression"]
-_TOPICS = ("two_stage", "list_ops", "fsm", "flow_vs_regression")  # per-experiment aggregation, imported on first use (matplotlib, torch)
+           "runs_table", "summarise", "sweep_runs", "two_stage", "list_ops", "fsm", "flow_vs_regression", "paper"]
+# per-experiment aggregation, imported on first use (matplotlib, torch); paper: Liu et al.'s published
+# phase diagrams and the comparison with ours (analysis.paper.published_grid("mse"))
+_TOPICS = ("two_stage", "list_ops", "fsm", "flow_vs_regression", "paper")
 
 
 def __getattr__(name):

@@ -18,6 +18,11 @@ per point, trained in blocks (``block_key``, ``train_block``: the sweeps package
 
     python -m sweeps experiments/grokking.py --sweep phase_mse_quick
     python -m sweeps experiments/grokking.py --sweep phase_mse        # Figure 6, 176 runs
+    python -m sweeps experiments/grokking.py --sweep phase_mse_paper_split   # the paper's own split
+
+The paper's run itself, its split, targets and initialisation drawn as its notebook draws them:
+
+    python experiments/grokking.py with paper draws=paper_notebook seed=58 decoder_lr=1e-4 train_steps=3000
 
 The transformers of Power et al. and Nanda et al. are experiments/grokking_transformer.py.
 """
@@ -27,8 +32,11 @@ import torch
 
 import harness
 from analysis import figures
-from toymodels.addition import (ACTIVATIONS, DTYPES, LOSSES, OPTIMIZERS, REPRESENTATIONS, Objective,
-                                OptimizerSettings, ToyAdditionModel, make_addition_task, n_pairs, n_train_pairs)
+from analysis.paper import PAPER_BUDGET, PAPER_MARGIN, published_axes, reachable_seeds
+from toymodels.addition import (ACTIVATIONS, DRAWS, DTYPES, LOSSES, NOTEBOOK_SEEDS, NOTEBOOK_SHAPES,
+                                NOTEBOOK_TARGET_DIM, OPTIMIZERS, REPRESENTATIONS, Objective, OptimizerSettings,
+                                ToyAdditionModel, make_addition_task, n_pairs, n_train_pairs, notebook_initialise,
+                                notebook_task)
 from toymodels.addition_train import train
 from toymodels.phases import classify_phase
 from toymodels.representation import degrees_of_freedom
@@ -53,6 +61,8 @@ def config():
     decoder_depth = 3  # number of linear layers: hidden_rep_dim -> 200 -> 200 -> output
     activation = "tanh"  # nonlinearity of encoder and decoder
     loss = "mse"  # "mse" onto fixed random target vectors, or "cross_entropy" over the 2p - 1 sums
+    # The cross-entropy notebook's loss is torch.mean over pairs x classes; Toylab's is the mean over pairs.
+    ce_mean_over_classes = False  # CE: also divide by the 2p - 1 classes, as the paper (AdamW: eps x (2p - 1))
     target_dim = 30  # MSE only: dimension of the random target vector of each sum
     dtype = "float32"
     # --- optimisation (full batch; encoder_* applies to the representation, table or encoder MLP)
@@ -71,6 +81,9 @@ def config():
     log_every = max(1, train_steps // 1000)  # metric cadence; threshold steps are logged as well
     torch_threads = 1  # the toy model is too small to gain from more threads
     seed = 0  # seeds the split, the targets and the initialisation
+    # "paper_notebook": numpy and torch seeded with seed draw as the paper's phase-diagram notebooks do
+    # (toymodels.addition.notebook_task): seed 58 is the published MSE and representation-lr split, 6 the CE one.
+    draws = "toylab"  # how seed draws split, targets and initialisation: "toylab" or "paper_notebook"
     # --- interruption and resumption
     checkpoint_every = 5000  # steps between checkpoint.pt artifacts (0: only when interrupted); multiple of 500
     resume_from = None  # run id (or run directory) whose checkpoint.pt this run continues; None starts afresh
@@ -123,13 +136,22 @@ def _split_has_both_sides(config):
     return 0 < n_train_pairs(config["p"], config["train_fraction"]) < n_pairs(config["p"])
 
 
+def _outside_the_notebooks(config) -> list:
+    """What a draws="paper_notebook" config asks that the paper's notebooks never drew."""
+    wanted = dict(NOTEBOOK_SHAPES, representation="embedding", **(
+        {"target_dim": NOTEBOOK_TARGET_DIM} if config["loss"] == "mse" else {}))
+    have = {key: config.get(key) for key in wanted}
+    have["n_train"] = n_train_pairs(config["p"], config["train_fraction"])
+    return [f"{key}={have[key]!r} (the notebooks: {value!r})" for key, value in wanted.items() if have[key] != value]
+
+
 ex.config_hook(harness.checks(
     harness.choice({"representation": REPRESENTATIONS, "loss": LOSSES, "optimizer": OPTIMIZERS,
-                    "activation": tuple(ACTIVATIONS), "dtype": tuple(DTYPES)}),
+                    "activation": tuple(ACTIVATIONS), "dtype": tuple(DTYPES), "draws": DRAWS}),
     harness.integer({"p": 2, "train_steps": 1, "hidden_rep_dim": 1, "decoder_width": 1, "decoder_depth": 1,
                      "encoder_width": 1, "encoder_depth": 1, "symbol_rep_dim": 1, "target_dim": 1, "log_every": 1,
                      "torch_threads": 1, "checkpoint_every": 0}),
-    harness.boolean("stop_when_decided"),
+    harness.boolean("stop_when_decided", "ce_mean_over_classes"),
     harness.multiple_of("checkpoint_every", CHUNK_STEPS, "checkpoints are taken between chunks of steps"),
     harness.rule("resume_from", lambda c: c["resume_from"] is None or isinstance(c["resume_from"], (int, str)),
                  "use a run id or a run directory"),
@@ -139,6 +161,14 @@ ex.config_hook(harness.checks(
     harness.rule("train_fraction", _split_has_both_sides,
                  lambda c: f"for p={c['p']} it gives {n_train_pairs(c['p'], c['train_fraction'])} of "
                            f"{n_pairs(c['p'])} pairs for training; both splits need at least one pair"),
+    harness.rule("draws", lambda c: not _outside_the_notebooks(c),
+                 lambda c: "the paper's notebooks drew p=10, 45 of 55 training pairs, a 1-d embedding table, "
+                           "a 200-wide 3-layer decoder, MSE targets of dimension 30; here "
+                           + ", ".join(_outside_the_notebooks(c)),
+                 when=lambda c: c["draws"] == "paper_notebook"),
+    harness.rule("ce_mean_over_classes", lambda c: c["loss"] == "cross_entropy" and c["optimizer"] == "adamw",
+                 "it normalises the cross-entropy loss, through AdamW's eps: use it with loss=cross_entropy "
+                 "optimizer=adamw", when=lambda c: c["ce_mean_over_classes"]),
     harness.within("acc_threshold", 0, 1, closed="high"),
     harness.within("rqi_threshold", 0, 1, closed="high"),
 ))
@@ -148,16 +178,27 @@ ex.config_hook(harness.checks(
 def build(config):
     """Task, objective, model and optimiser settings of one config: the method's parts, the
     same for a single run and for a block of a sweep."""
-    seed, dtype = config["seed"], DTYPES[config["dtype"]]
-    task = make_addition_task(config["p"], config["train_fraction"], seed)
-    objective = Objective(config["loss"], task.n_classes, config["target_dim"], seed, dtype=dtype)
+    seed, dtype, notebook = config["seed"], DTYPES[config["dtype"]], config["draws"] == "paper_notebook"
+    if notebook:  # the split and the MSE targets from numpy, as the paper's notebooks draw them
+        task, targets = notebook_task(config["p"], n_train_pairs(config["p"], config["train_fraction"]),
+                                      config["loss"], config["target_dim"], seed)
+    else:
+        task, targets = make_addition_task(config["p"], config["train_fraction"], seed), None
+    objective = Objective(config["loss"], task.n_classes, config["target_dim"], seed, dtype=dtype, targets=targets)
     torch.manual_seed(seed)
     model = ToyAdditionModel(config["p"], config["hidden_rep_dim"], objective.output_dim, config["representation"],
                              config["init_scale"], config["symbol_rep_dim"], config["encoder_width"],
                              config["encoder_depth"], config["decoder_width"], config["decoder_depth"],
-                             config["activation"], seed=seed).to(dtype)
+                             config["activation"], seed=seed)
+    if notebook:  # the decoder and the table from torch, in the notebooks' order
+        notebook_initialise(model, seed, config["init_scale"])
+    model = model.to(dtype)
     settings = OptimizerSettings(config["optimizer"], config["encoder_lr"], config["decoder_lr"],
                                  config["encoder_weight_decay"], config["decoder_weight_decay"])
+    if config["ce_mean_over_classes"]:
+        # The notebook's loss is torch.mean over pairs x classes: the cross-entropy / (2p - 1). Adam(W) with a
+        # gradient c times smaller makes the update of eps x c (m / (sqrt(v) + c eps)); decoupled decay is unscaled.
+        settings.eps *= task.n_classes
     return task, objective, model, settings
 
 
@@ -203,6 +244,30 @@ PAPER_REPRESENTATION_LRS = [float(f"{10 ** (-5 + 3 * k / 12):.4g}") for k in ran
 # every test sum among the training sums. Seed 0's split leaves 2 of its 10 test sums out of
 # training: its test accuracy can never reach 0.9, so every cell would be memorization or confusion.
 PHASE_SEED = 2
+# The published diagrams (analysis/reference/liu2022_phase_diagrams.json), their grids exactly
+# as published, budget 1e5 and margin 1e3, on the paper's own split (*_paper_split: the
+# notebook's draws with its seed, NOTEBOOK_SEEDS) and over seeds (*_seeds).
+# The seed rule, fixed before any result: seeds 0..9 (SEEDS), whatever their splits. The
+# alternative rule, the first ten seeds whose split leaves every test sum reachable (a
+# property of the split, known before training; analysis.paper.reachable_seeds), is
+# REACHABLE_SEEDS (*_seeds_reachable; run it with --name of the *_seeds sweep to train only
+# the seeds the first rule has not). Neither is chosen for its agreement with the paper.
+SEEDS = list(range(10))
+REACHABLE_SEEDS = reachable_seeds(10)
+
+
+def _published(diagram, named_configs, seeds=None, **config):
+    """A sweep over a published grid (its values exactly), budget 1e5, margin 1e3."""
+    rows_key, rows, columns_key, columns = published_axes(diagram)
+    sweep = {"grid": {rows_key: rows, columns_key: columns}, "named_configs": named_configs,
+             "config": {"train_steps": PAPER_BUDGET, "phase_margin": PAPER_MARGIN, "stop_when_decided": True, **config}}
+    return sweep if seeds is None else dict(sweep, seeds=seeds)
+
+
+PAPER_SPLIT = {"draws": "paper_notebook"}
+PAPER_CE = {"ce_mean_over_classes": True}  # the cross-entropy notebook's loss is a mean over the classes too
+
+
 SWEEPS = {
     "phase_mse": {  # Figure 6 (MSE): 16 x 11 points of up to 1e5 steps
         "grid": {"decoder_lr": PAPER_DECODER_LRS, "decoder_weight_decay": list(range(11))},
@@ -224,6 +289,26 @@ SWEEPS = {
         "grid": {"encoder_lr": [1e-5, 1e-3, 1e-2], "decoder_lr": [1e-5, 1e-4, 1e-2]},
         "named_configs": ["paper"],
         "config": {"train_steps": 10000, "phase_margin": 1000, "stop_when_decided": True, "seed": PHASE_SEED},
+    },
+    "phase_mse_paper_split": _published("mse", ["paper"], **PAPER_SPLIT, seed=NOTEBOOK_SEEDS["mse"]),
+    "phase_mse_seeds": _published("mse", ["paper"], SEEDS),
+    "phase_mse_seeds_reachable": _published("mse", ["paper"], REACHABLE_SEEDS),
+    "phase_cross_entropy_paper_split": _published("cross_entropy", ["paper", "cross_entropy"], **PAPER_SPLIT,
+                                                  **PAPER_CE, seed=NOTEBOOK_SEEDS["cross_entropy"]),
+    "phase_cross_entropy_seeds": _published("cross_entropy", ["paper", "cross_entropy"], SEEDS, **PAPER_CE),
+    "phase_cross_entropy_seeds_reachable": _published("cross_entropy", ["paper", "cross_entropy"], REACHABLE_SEEDS,
+                                                      **PAPER_CE),
+    "phase_representation_paper_split": _published("representation_lr", ["paper"], **PAPER_SPLIT,
+                                                   seed=NOTEBOOK_SEEDS["representation_lr"]),
+    "phase_representation_seeds": _published("representation_lr", ["paper"], SEEDS),
+    "phase_representation_seeds_reachable": _published("representation_lr", ["paper"], REACHABLE_SEEDS),
+    # CI-sized: 4 x 2 published MSE cells, the rule's first three seeds, 1e4 steps; compare it with
+    # analysis.paper.compare(table, "mse", budget=10000), the published steps a 1e4 budget would see
+    "phase_mse_seeds_quick": {
+        "grid": {"decoder_lr": [published_axes("mse")[1][k] for k in (0, 5, 10, 15)], "decoder_weight_decay": [0, 10]},
+        "named_configs": ["paper"],
+        "config": {"train_steps": 10000, "phase_margin": PAPER_MARGIN, "stop_when_decided": True},
+        "seeds": SEEDS[:3],
     },
     "fraction_scan": {  # the critical training fraction (Figure 5): accuracy and RQI against the fraction
         "grid": {"train_fraction": [round(0.1 * k, 2) for k in range(1, 10)]},

@@ -12,12 +12,20 @@ Two representations:
 - ``"embedding"`` (the paper's toy model): a free table E of shape (p, hidden_rep_dim).
 - ``"encoder"`` (the repository's Sacred script): fixed random symbol vectors through
   an encoder MLP.
+
+Two ways of drawing the split, the targets and the initialisation from a seed (``DRAWS``):
+Toylab's own (``make_addition_task``, ``Objective``, ``ToyAdditionModel``), and the paper's
+phase-diagram notebooks' (``notebook_task``, ``notebook_initialise``), with which seed 58
+is the split of the paper's published MSE and representation-lr diagrams, and seed 6 that
+of its cross-entropy diagram.
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,6 +37,7 @@ REPRESENTATIONS = ("embedding", "encoder")
 LOSSES = ("mse", "cross_entropy")
 OPTIMIZERS = ("adamw", "adam")  # adam: coupled L2 weight decay, as the Sacred script
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DRAWS = ("toylab", "paper_notebook")  # how a seed becomes a split, targets and initial parameters
 
 
 # ----------------------------------------------------------------------------- data
@@ -72,6 +81,46 @@ def make_addition_task(p: int, train_fraction: float, seed: int) -> AdditionTask
     train_mask = torch.zeros(len(pairs), dtype=torch.bool)
     train_mask[train_rows] = True
     return AdditionTask(p=p, pairs=pairs, labels=i + j, train_mask=train_mask)
+
+
+# The paper's phase-diagram notebooks (ejmichaud/grokking-squared, phase_diagram_plot/
+# phase_diagram.ipynb: MSE, seed 58; phase_diagram-classification.ipynb: cross-entropy,
+# seed 6) seed numpy and torch with one seed and draw, in this order:
+#   numpy: input templates N(0, 1) of shape (p, output_dim), unused by the latent model;
+#          MSE only: the target vectors N(0, 1) of shape (2p - 1, 30);
+#          the training pairs, np.random.choice(p(p+1)/2, n_train, replace=False), as
+#          indices into the pairs (i, j), i <= j, in row-major order;
+#   torch: an encoder Linear(10, w), Linear(w, w), Linear(w, latent) (built, unused),
+#          the decoder Linear(latent, w), Linear(w, w), Linear(w, output_dim),
+#          then the embedding table torch.rand(p, latent) - 1/2.
+# They cover p = 10, 45 training pairs, latent dimension 1, width 200, depth 3 and, for
+# MSE, 30-dimensional targets. (toy/train_add.py draws differently: targets first, no
+# templates, the table before the decoder; it made none of the published diagrams.)
+NOTEBOOK_SHAPES = {"p": 10, "n_train": 45, "hidden_rep_dim": 1, "decoder_width": 200, "decoder_depth": 3}
+NOTEBOOK_TARGET_DIM = 30  # MSE only
+NOTEBOOK_INPUT_DIM = 10  # the unused encoder's input dimension
+# The seed of each published diagram: 58 reproduces the MSE and representation-lr grids'
+# steps, 6 the cross-entropy grid's (cells of each: tests/test_paper_comparison.py).
+NOTEBOOK_SEEDS = {"mse": 58, "representation_lr": 58, "cross_entropy": 6}
+
+
+def notebook_task(p: int, n_train: int, loss: str, target_dim: int, seed: int
+                  ) -> tuple[AdditionTask, Optional[torch.Tensor]]:
+    """The split, and for MSE the float32 target vectors (2p - 1, target_dim), drawn as the
+    paper's notebooks draw them with numpy seeded ``seed`` (legacy ``np.random.seed``
+    stream); for cross-entropy the targets are None (one-hot, nothing drawn), and the
+    unused input templates have the decoder's output dimension 2p - 1."""
+    output_dim = target_dim if loss == "mse" else 2 * p - 1
+    rng = np.random.RandomState(seed)  # the same stream as np.random.seed(seed)
+    rng.normal(0, 1, size=(p, output_dim))  # the input templates: drawn, unused
+    targets = None
+    if loss == "mse":
+        targets = torch.tensor(rng.normal(0, 1, size=(2 * p - 1, target_dim)), dtype=torch.float32)
+    train_rows = torch.from_numpy(rng.choice(n_pairs(p), n_train, replace=False))
+    i, j = torch.triu_indices(p, p)  # row-major (i, j), i <= j: the notebooks' pair order
+    train_mask = torch.zeros(n_pairs(p), dtype=torch.bool)
+    train_mask[train_rows] = True
+    return AdditionTask(p=p, pairs=torch.stack([i, j], dim=1), labels=i + j, train_mask=train_mask), targets
 
 
 # ---------------------------------------------------------------------------- model
@@ -130,6 +179,26 @@ class ToyAdditionModel(nn.Module):
         return self.decode_pairs(self.symbol_representations(), pairs)
 
 
+def notebook_initialise(model: ToyAdditionModel, seed: int, init_scale: float = 1.0) -> None:
+    """Overwrite an embedding-table model's initial decoder and table with the draws of the
+    paper's notebooks from torch seeded ``seed`` (see ``notebook_task``): the unused
+    encoder first, then the decoder, then the table, (torch.rand(p, latent) - 1/2) *
+    init_scale (the notebooks' init_scale is 1)."""
+    if model.representation != "embedding":
+        raise ValueError("the notebooks' draws are for the embedding table")
+    _, decoder_layers = model.layers()
+    p, latent = model.embedding.shape
+    width = decoder_layers[0].out_features
+    sizes = [latent] + [layer.out_features for layer in decoder_layers]
+    torch.manual_seed(seed)
+    mlp([NOTEBOOK_INPUT_DIM, width, width, latent], model.activation)  # the notebooks' encoder: built, unused
+    decoder = mlp(sizes, model.activation)
+    embedding = (torch.rand(p, latent) - 0.5) * init_scale
+    with torch.no_grad():
+        model.decoder.load_state_dict(decoder.state_dict())
+        model.embedding.copy_(embedding)
+
+
 # The loss and the prediction, defined once for one model's outputs (n, ...) and for G
 # models' (G, n, ...): Objective uses them on one model, BatchedObjective in the trainer.
 def _squared_error(diff: torch.Tensor) -> torch.Tensor:
@@ -156,15 +225,21 @@ class Objective:
         n_classes: number of sums, 2p - 1.
         target_dim: dimension of the MSE target vectors.
         seed: seeds the target vectors (N(0, 1) entries, as in the paper).
+        targets: given target vectors (n_classes, target_dim) instead of drawing them
+            (``notebook_task``'s); ``seed`` is then unused.
     """
 
-    def __init__(self, loss: str, n_classes: int, target_dim: int, seed: int, dtype=torch.float32):
+    def __init__(self, loss: str, n_classes: int, target_dim: int, seed: int, dtype=torch.float32,
+                 targets: Optional[torch.Tensor] = None):
         self.loss = loss
         self.output_dim = target_dim if loss == "mse" else n_classes
         self.dtype = dtype
         if loss == "mse":
-            generator = torch.Generator().manual_seed(seed)
-            self.targets = torch.randn(n_classes, target_dim, generator=generator).to(dtype)
+            if targets is None:
+                targets = torch.randn(n_classes, target_dim, generator=torch.Generator().manual_seed(seed))
+            elif targets.shape != (n_classes, target_dim):
+                raise ValueError(f"targets of shape {tuple(targets.shape)}, expected {(n_classes, target_dim)}")
+            self.targets = targets.to(dtype)
             self._targets_T = self.targets.T.contiguous()[None]  # (1, D, classes)
             self._target_sq = self.targets.pow(2).sum(-1)[None, None]  # (1, 1, classes)
 
