@@ -303,6 +303,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m observers sync", description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", nargs="*", help="more file-storage directories (or run directories) to upload")
     args = parser.parse_args(argv)
+    missing = [d for d in args.dirs if not Path(d).is_dir()]
+    if missing:  # before connecting: nothing to upload from there, nothing written
+        print(f"sync: no runs directory at {', '.join(missing)}: give file-storage directories (such as runs, "
+              "runs/fallback) or run directories", file=sys.stderr)
+        return 2
     import pymongo.errors
 
     from observers.mongo import disk_full

@@ -11,6 +11,7 @@ import mongomock
 import mongomock.gridfs
 import pytest
 
+from conftest import run_script
 from experiments.grokking import ex
 from observers import sync as sync_module
 from observers.sync import Uploader, run_dirs
@@ -134,3 +135,26 @@ def test_sync_command_needs_a_url_and_says_so(tmp_path):
 
     out = run_script(["-m", "observers", "sync"], env={"TOYLAB_RUNS_DIR": str(tmp_path)}, timeout=60)
     assert out.returncode != 0 and "TOYLAB_MONGO_URL" in out.stderr + out.stdout
+
+
+def test_sync_bad_input_is_one_line_and_uploads_nothing(tmp_path, local_mongo):
+    """A runs directory that does not exist, a wrong password, an unreachable host."""
+    import pymongo
+
+    runs = tmp_path / "runs"
+    made = run_script(["experiments/grokking.py", "with", "train_steps=20"], env={"TOYLAB_RUNS_DIR": str(runs)})
+    assert made.returncode == 0, made.stderr
+    cases = {
+        "missing": ([str(tmp_path / "nope")], local_mongo.url(), "sync: no runs directory at"),
+        "password": ([str(runs)], local_mongo.url().replace(local_mongo.password, "wrong-password-9"),
+                     "sync: MongoDB not reachable or refused the upload"),
+        "host": ([str(runs)], "mongodb://127.0.0.1:1/?directConnection=true&serverSelectionTimeoutMS=1000",
+                 "sync: MongoDB not reachable or refused the upload"),
+    }
+    for name, (dirs, url, expected) in cases.items():
+        out = run_script(["-m", "observers", "sync", *dirs], env={"TOYLAB_MONGO_URL": url}, timeout=120)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode != 0 and len(lines) == 1 and lines[0].startswith(expected), (name, out.stderr)
+        assert "wrong-password-9" not in out.stderr + out.stdout
+    client = pymongo.MongoClient(local_mongo.url(), serverSelectionTimeoutMS=5000)
+    assert client["sacred"].runs.count_documents({}) == 0
