@@ -26,8 +26,10 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 run: venv
 	$(PY) experiments/grokking.py with paper seed=2
 
+# two pytest workers, one file each at a time: most tests wait on real processes (servers,
+# Dask clusters, browsers), so the suite takes about half the wall time of one worker
 test: venv test-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: venv
 	$(PY) benchmarks/grokking_speed.py

@@ -112,6 +112,8 @@ class ResilientMongoObserver(RunObserver):
         self.end_timeout = float(end_timeout if end_timeout is not None
                                  else os.environ.get("TOYLAB_MONGO_END_TIMEOUT") or DEFAULT_END_TIMEOUT)
         self.fallback_root = Path(fallback) if fallback is not None else observers.fallback_dir()
+        # seconds to wait for MongoDB at the start before recording in the fallback (0: one try)
+        self.start_patience = float(os.environ.get("TOYLAB_MONGO_START_PATIENCE") or 0)
         self._client = client
         self.run_id = None  # the run's id in MongoDB (None when it never got one)
         self.fallback_run_dir: Optional[Path] = None  # set when the run went to file storage
@@ -162,7 +164,15 @@ class ResilientMongoObserver(RunObserver):
         self._final: Optional[tuple] = None
         try:
             self._connect()
-            self.db.command("ping")
+            deadline = time.monotonic() + self.start_patience
+            while True:  # a sweep waits out a short outage rather than start its runs in the fallback
+                try:
+                    self.db.command("ping")
+                    break
+                except self._transient_errors():
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(1.0)
             entry = self._run_entry(_id)
             self._insert(entry)
             self.run_id = entry["_id"]

@@ -32,6 +32,7 @@ from typing import Optional
 CLAIM_LEASE = float(os.environ.get("TOYLAB_SWEEP_CLAIM_LEASE") or 60)  # s a claim survives without a heartbeat
 CLAIM_HEARTBEAT = CLAIM_LEASE / 6  # seconds between a claim's heartbeats
 OUTAGE_PATIENCE = float(os.environ.get("TOYLAB_SWEEP_OUTAGE_PATIENCE") or 300)  # s to wait for MongoDB
+GIVEN_UP_RETRY = 10.0  # once the patience ran out, seconds before the next call tries MongoDB again
 
 
 class StoreUnreachable(RuntimeError):
@@ -127,17 +128,18 @@ class MongoStore:
         self.url = url
         self.patience = OUTAGE_PATIENCE if patience is None else patience
         self._db = None
-        self._given_up = False  # the patience ran out on the last call (see _patiently)
+        self._given_up = 0.0  # when the patience last ran out (0: it did not; see _patiently)
 
     def environment(self) -> dict:
-        # a run that ends during an outage waits as long as the sweep does before its observer
-        # writes it to the fallback directory (a user's own setting wins)
-        return {"TOYLAB_MONGO_END_TIMEOUT": os.environ.get("TOYLAB_MONGO_END_TIMEOUT") or str(self.patience)}
+        # a run that starts or ends during an outage waits as long as the sweep does before its
+        # observer records it in the fallback directory (a user's own setting wins)
+        return {name: os.environ.get(name) or str(self.patience)
+                for name in ("TOYLAB_MONGO_END_TIMEOUT", "TOYLAB_MONGO_START_PATIENCE")}
 
     def __getstate__(self):
         # a live MongoClient holds locks and sockets: Dask could not ship the store ('cannot
         # pickle _thread.lock'); each process connects on first use instead
-        return {**self.__dict__, "_db": None, "_given_up": False}
+        return {**self.__dict__, "_db": None, "_given_up": 0.0}
 
     def _url(self) -> str:
         url = self.url or os.environ.get("TOYLAB_MONGO_URL")
@@ -164,22 +166,26 @@ class MongoStore:
 
     def _patiently(self, operation, patience: Optional[float] = None):
         """``operation()``, retried through connection errors for up to the patience. Once the
-        patience has run out, later calls try once until one succeeds: a block of 16 points
-        must not wait 16 patiences before its runs go to the fallback directory."""
+        patience has run out, later calls try once (and not at all for GIVEN_UP_RETRY seconds)
+        until one succeeds: a block of 16 points must not wait 16 patiences before its runs go
+        to the fallback directory."""
         import pymongo.errors
 
         patience = self.patience if patience is None else patience
+        if self._given_up and time.time() - self._given_up < GIVEN_UP_RETRY:
+            raise StoreUnreachable(f"MongoDB database {self.db_name} unreachable (given up "
+                                   f"{time.time() - self._given_up:.0f} s ago)")
         deadline = time.time() + (0 if self._given_up else patience)
         while True:
             try:
                 result = operation()
-                self._given_up = False
+                self._given_up = 0.0
                 return result
             except (pymongo.errors.ConnectionFailure, pymongo.errors.OperationFailure) as error:
                 if isinstance(error, pymongo.errors.OperationFailure) and not _is_transient(error):
                     raise
                 if time.time() >= deadline:
-                    self._given_up = True
+                    self._given_up = time.time()
                     raise StoreUnreachable(f"MongoDB database {self.db_name} unreachable "
                                            f"({type(error).__name__})") from None
                 time.sleep(1.0)

@@ -12,7 +12,6 @@ SOURCE is a runs directory or a MongoDB URL; by default where runs are recorded 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional
 
