@@ -30,11 +30,12 @@ GROKKING = str(REPO / "experiments" / "grokking.py")
 LEARNING_RATES = "1e-4,3e-4,1e-3,3e-3,1e-2"
 SEEDS = 4  # 5 x 4 = 20 points, in blocks of up to 4 on 2 workers
 STEPS, LOG_EVERY = 3000, 10
+GONE_STEPS = 1500  # the server-gone test needs no time to inject more faults: a smaller budget
 
 
-def sweep_command(name: str) -> list[str]:
+def sweep_command(name: str, steps: int = STEPS) -> list[str]:
     return ["-m", "sweeps", GROKKING, "--name", name, "--grid", f"decoder_lr={LEARNING_RATES}", "--seeds",
-            str(SEEDS), "--workers", "2", "--block-size", "4", "with", "paper", f"train_steps={STEPS}",
+            str(SEEDS), "--workers", "2", "--block-size", "4", "with", "paper", f"train_steps={steps}",
             f"log_every={LOG_EVERY}"]
 
 
@@ -72,13 +73,14 @@ def dask_workers(sweep_process: subprocess.Popen) -> list:
             " ".join(c.cmdline())]
 
 
-def point_keys(name: str) -> set:
-    listed = run_script(sweep_command(name)[:-4] + ["--list"] + sweep_command(name)[-4:])
+def point_keys(name: str, steps: int = STEPS) -> set:
+    command = sweep_command(name, steps)
+    listed = run_script(command[:-4] + ["--list"] + command[-4:])
     assert listed.returncode == 0, listed.stderr
     return {line.split()[0] for line in listed.stdout.splitlines()}
 
 
-def check_every_point_once(db, sweep: str, keys: set) -> tuple[int, int]:
+def check_every_point_once(db, sweep: str, keys: set, steps: int = STEPS) -> tuple[int, int]:
     """Exactly one COMPLETED run per point; its metrics hold every logged point exactly once.
     The points a run logs are known from its result: every LOG_EVERY steps, the last step,
     and each first threshold crossing. Returns (points logged, points stored) over the sweep."""
@@ -89,7 +91,7 @@ def check_every_point_once(db, sweep: str, keys: set) -> tuple[int, int]:
     logged = stored = 0
     for doc in completed:
         crossings = {doc["result"][name] for name in ("t_train", "t_test", "t_rqi")} - {None}
-        expected = sorted(set(range(0, STEPS, LOG_EVERY)) | {STEPS - 1} | crossings)
+        expected = sorted(set(range(0, steps, LOG_EVERY)) | {steps - 1} | crossings)
         metrics = read_metrics(db, doc["_id"])
         assert set(metrics) == {"train.loss", "train.acc", "test.loss", "test.acc", "rqi"}, doc["_id"]
         for name, series in metrics.items():
@@ -147,10 +149,10 @@ def test_server_that_never_comes_back_sends_runs_to_the_fallback_then_sync_and_r
     fallback = tmp_path / "runs" / "fallback"
     env = sweep_env(local_mongo, db_name, tmp_path, TOYLAB_SWEEP_OUTAGE_PATIENCE="3", TOYLAB_MONGO_END_TIMEOUT="2",
                     TOYLAB_MONGO_TIMEOUT_MS="1000")
-    keys = point_keys(sweep)
+    keys = point_keys(sweep, GONE_STEPS)
     log = tmp_path / "gone.log"
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, *sweep_command(sweep)], cwd=REPO, env={**os.environ, **env},
+        process = subprocess.Popen([sys.executable, *sweep_command(sweep, GONE_STEPS)], cwd=REPO, env={**os.environ, **env},
                                    stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: count_completed(local_mongo, db_name, sweep) >= 2, 180, "two COMPLETED runs")
@@ -169,11 +171,11 @@ def test_server_that_never_comes_back_sends_runs_to_the_fallback_then_sync_and_r
     local_mongo.start()
     synced = run_script(["-m", "observers", "sync", str(fallback)], env=env, timeout=600)
     assert synced.returncode == 0, synced.stdout + synced.stderr
-    again = run_script(sweep_command(sweep), env=env, timeout=300)
+    again = run_script(sweep_command(sweep, GONE_STEPS), env=env, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"{len(keys)} points: 0 run now, {len(keys)} already COMPLETED (skipped)" in again.stdout
     db = database(local_mongo, db_name)
-    check_every_point_once(db, sweep, keys)
+    check_every_point_once(db, sweep, keys, GONE_STEPS)
     assert db.sweep_claims.count_documents({}) == 0
 
 
