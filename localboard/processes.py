@@ -39,8 +39,10 @@ def port_open(port: int) -> bool:
         return s.connect_ex((HOST, port)) == 0
 
 
-def listening_ports(pid: int) -> set[int]:
-    """The TCP ports process ``pid`` listens on (from /proc; empty if it is gone)."""
+def listening_addresses(pid: int) -> set[tuple[str, int]]:
+    """(ip, port) of every TCP socket process ``pid`` listens on, from /proc (empty if it is gone)."""
+    import ipaddress
+
     inodes = set()
     try:
         for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -52,17 +54,26 @@ def listening_ports(pid: int) -> set[int]:
                 inodes.add(target[8:-1])
     except OSError:
         return set()
-    ports = set()
-    for table in ("tcp", "tcp6"):
+    found = set()
+    for table, width in (("tcp", 4), ("tcp6", 16)):
         try:
             lines = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
         except OSError:
             continue
         for line in lines:
             fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            hex_ip, hex_port = fields[1].split(":")
+            raw = bytes.fromhex(hex_ip)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, width, 4))  # host-order 32-bit words
+            found.add((str(ipaddress.ip_address(raw)), int(hex_port, 16)))
+    return found
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` listens on (empty if it is gone)."""
+    return {port for _, port in listening_addresses(pid)}
 
 
 def last_log_line(log: Optional[Path]) -> str:

@@ -74,30 +74,3 @@ def local_mongo(tmp_path):
     server = LocalMongo(tmp_path / "mongo" / "db.sqlite3", password="wire-" + os.urandom(8).hex()).start()
     yield server
     server.stop()
-
-
-def listening_addresses(pid: int) -> set:
-    """(ip, port) of every TCP socket process ``pid`` listens on, read from /proc."""
-    import ipaddress
-
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    found = set()
-    for table, width in (("tcp", 4), ("tcp6", 16)):
-        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state != "0A" or inode not in inodes:  # 0A: LISTEN
-                continue
-            hex_ip, hex_port = local.split(":")
-            raw = bytes.fromhex(hex_ip)
-            # /proc prints the address as host-order 32-bit words
-            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, width, 4))
-            found.add((str(ipaddress.ip_address(raw)), int(hex_port, 16)))
-    return found

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from localboard.processes import free_port, port_open
-from tests.conftest import REPO, listening_addresses, require_board, run_script
+from localboard.processes import listening_addresses
+from tests.conftest import REPO, require_board, run_script
 
 OUTPUT = REPO / "test-output"
 CHROMIUM = "/usr/bin/chromium"

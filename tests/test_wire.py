@@ -14,7 +14,8 @@ import pymongo
 import pytest
 
 import analysis
-from tests.conftest import listening_addresses, require_board, run_script
+from localboard.processes import listening_addresses
+from tests.conftest import require_board, run_script
 
 CONFIG = ["train_steps=300", "log_every=3", "seed=1"]
 
