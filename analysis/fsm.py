@@ -121,6 +121,14 @@ def load(source, **filters) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
+def plateaued(table: pd.DataFrame) -> pd.Series:
+    """Per run: did it finish learning (``harness.plateau``'s record in the run's info)? A run
+    without a record (recorded before the rule existed) has not shown that it did."""
+    records = table["plateau"] if "plateau" in table else pd.Series([None] * len(table), index=table.index)
+    return pd.Series([bool(r.get("plateaued")) if isinstance(r, dict) else False for r in records],
+                     index=table.index, dtype=bool)
+
+
 def aggregate(source_or_table, metrics: list | None = None, **filters) -> pd.DataFrame:
     """One row per configuration (all seeds together): for each metric its mean, std, n
     and 95% interval half-width (``<metric>_mean``, ``_std``, ``_n``, ``_ci95``), plus the
@@ -133,6 +141,7 @@ def aggregate(source_or_table, metrics: list | None = None, **filters) -> pd.Dat
         row = dict(zip(["configuration", *CONFIG_KEYS], keys))
         row["runs"] = sorted(int(r) for r in group["run"])
         row["seeds"] = sorted(int(s) for s in group["seed"])
+        row["plateaued_runs"] = int(plateaued(group).sum())  # of len(row["runs"]): harness.plateau
         for metric in metrics:
             for stat, value in mean_interval(group[metric].tolist()).items():
                 row[f"{metric}_{stat}"] = value
@@ -273,6 +282,22 @@ def hypotheses(source_or_table, **filters) -> pd.DataFrame:
         if a is not None and f"{metric}_mean" not in a:
             a = None
         b_text = f"chance {b:.3f}" if isinstance(b, float) else side(b, metric)
+        outcome = _difference(a, b, metric)
+        unfinished = [_unfinished(r) for r in (a, b) if r is not None and not isinstance(r, float)]
+        if outcome["verdict"] in VERDICTS and any(unfinished):
+            # a verdict from a model still learning is not a finding: say so, with the budget
+            outcome["verdict"] = "not converged: " + "; ".join(u for u in unfinished if u)
         rows.append({"hypothesis": hypothesis, "claim": claim, "metric": metric, "A": side(a, metric), "B": b_text,
-                     **_difference(a, b, metric)})
+                     **outcome})
     return pd.DataFrame(rows)
+
+
+VERDICTS = ("supported", "contradicted", "inconclusive", "one seed: no interval")
+
+
+def _unfinished(row) -> str:
+    """'' when every run of an aggregate row plateaued, else which did not, and its budget."""
+    runs = len(row["runs"])
+    if row.get("plateaued_runs", 0) == runs:
+        return ""
+    return f"{row['configuration']} {row['plateaued_runs']} of {runs} runs plateaued at {row['epochs']} epochs"

@@ -207,6 +207,7 @@ def main(_run, kind, mode, seed, torch_threads, training, evaluation):
     result = {"final_" + k.replace(".", "_"): v for k, v in outcome.final.items()}
     result.update({"best_" + k.replace(".", "_"): v for k, v in outcome.best.items() if k.startswith("eval.")})
     result.update({"best_epoch": outcome.best_epoch, "steps": outcome.steps, "dim": dataset.dim})
+    result["plateau"] = harness.plateau(curves, "eval.l2", higher_is_better=False)  # did it finish learning
 
     integration = None
     if mode == "flow":  # error against integration steps, per method (Euler vs RK4), of the final model

@@ -380,6 +380,7 @@ def main(_run, _config, kind, init_from, epochs, probe_epochs, n_states, num_lay
                                    for k in range(_config["max_repeats"] + 1)]
     result["best_val_acc"] = best["val.acc"] if "state" in best else None
     result["best_epoch"] = best.get("epoch")
+    result["plateau"] = harness.plateau(curves, "val.repeat_acc")  # did it finish learning: the hypotheses ask
     if probe_epochs and "state" in best:
         model.load_state_dict(best["state"])
         result.update(run_probes(model=model, train_split=train_split, val_split=val_split, device=device))

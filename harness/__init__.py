@@ -13,6 +13,7 @@ configs, builders, ``main``. Everything else it needs comes from here:
     harness.save_torch(_run, model.state_dict(), "model.pt")
     checkpoints = harness.Checkpoints(_run, every=5000, last_step=train_steps)
     harness.report(_run, "phase grokking: ...")          # where the run is recorded, and its outcome
+    _run.info["plateau"] = harness.plateau(curves, "val.acc")  # did it finish learning (harness/plateau.py)
 
 Named configs keep their docstrings as documentation (``print_config``, the source)
 without adding a ``__doc__`` key to every run's config.
@@ -29,9 +30,10 @@ from harness.checks import (ConfigError, boolean, checks, choice, cuda_available
                             integer_list, multiple_of, non_negative, positive, refuse, rule, within)
 from harness.curves import Curves  # noqa: E402
 from harness.experiment import experiment, on_terminal  # noqa: E402
+from harness.plateau import plateau  # noqa: E402
 from harness.report import report  # noqa: E402
 
 __all__ = ["experiment", "on_terminal", "checks", "ConfigError", "refuse", "choice", "integer", "integer_list",
            "boolean", "positive", "non_negative", "within", "multiple_of", "divides", "cuda_available", "rule",
            "Curves", "save_figure", "save_torch", "save_file", "save_text", "save_json", "Checkpoints", "resume_state",
-           "report"]
+           "report", "plateau"]

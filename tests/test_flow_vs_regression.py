@@ -208,6 +208,13 @@ def test_quick_run_records_metrics_result_and_artifacts(runs, kind, paradigm):
     assert result["best_eval_l2"] == min(metrics["eval.l2"]["values"])
     assert metrics["eval.l2"]["steps"][metrics["eval.l2"]["values"].index(result["best_eval_l2"])] == \
         result["best_epoch"]
+    # the plateau rule (harness.plateau), recomputed from the stored eval curve: best before the
+    # last 20% of the measurements against the best overall, relative, below 1% is a plateau
+    values = metrics["eval.l2"]["values"]
+    split = round(len(values) * 0.8)
+    gain = (min(values[:split]) - min(values)) / min(values[:split])
+    assert result["plateau"]["gain"] == pytest.approx(gain)
+    assert result["plateau"]["plateaued"] == (gain < 0.01) and read(run_dir, "info.json")["plateau"] == result["plateau"]
     figures = {"training_curves.png", "predictions.png", "error_distribution.png"}
     figures |= {"subspace.png"} if kind == "proj" else set()
     figures |= {"integration.png"} if paradigm != "regression" else set()

@@ -20,8 +20,9 @@ def test_mean_interval_is_the_t_interval():
     assert fsm.mean_interval([])["n"] == 0
 
 
-def synthetic_runs(values: dict) -> pd.DataFrame:
-    """A load()-shaped table: configuration -> list of repeat accuracies (one per seed)."""
+def synthetic_runs(values: dict, plateaued: bool = True) -> pd.DataFrame:
+    """A load()-shaped table: configuration -> list of repeat accuracies (one per seed), each
+    run recorded as plateaued (or not) the way harness.plateau records it."""
     rows = []
     for configuration, accuracies in values.items():
         name, dataset = configuration.split(" ")[:2]
@@ -31,7 +32,8 @@ def synthetic_runs(values: dict) -> pd.DataFrame:
                          "num_layers": 1, "dataset": dataset, "n_transitions": 32, "train_sequences": 100,
                          "epochs": 10, "init_from_dataset": after, "seed": seed, "chance": 0.2,
                          "final_val_acc": accuracy, "final_val_repeat_acc": accuracy,
-                         "final_val_icl_acc": [0.2, accuracy, accuracy + 0.05]})
+                         "final_val_icl_acc": [0.2, accuracy, accuracy + 0.05],
+                         "plateau": {"metric": "val.repeat_acc", "plateaued": plateaued}})
     return pd.DataFrame(rows)
 
 
@@ -49,6 +51,17 @@ def test_hypotheses_verdicts_follow_the_intervals():
     attention = table[table.index.str.startswith("attention")].iloc[0]
     assert attention["verdict"] == "contradicted"  # the transformer is worse here
     assert [v for k, v in verdicts.items() if k.startswith(("4", "5"))] == ["no runs"] * 3
+
+
+def test_a_comparison_with_a_side_still_learning_reads_not_converged():
+    runs = pd.concat([synthetic_runs({"lstm 5s5a": [0.90, 0.92, 0.91]}),
+                      synthetic_runs({"deep_rnn 5s5a": [0.30, 0.31, 0.29]}, plateaued=False).assign(run=[7, 8, 9])],
+                     ignore_index=True)
+    runs.loc[runs.index[-1], "plateau"] = None  # a run recorded before the rule: not shown to have finished
+    fairness = fsm.hypotheses(runs).iloc[0]
+    assert fairness["difference"] == pytest.approx(0.61)  # the numbers stay, the verdict does not
+    assert fairness["verdict"] == "not converged: deep_rnn 5s5a 0 of 3 runs plateaued at 10 epochs"
+    assert fsm.aggregate(runs).set_index("configuration").loc["lstm 5s5a", "plateaued_runs"] == 3
 
 
 def test_aggregate_and_curves_keep_curriculum_stages_apart():

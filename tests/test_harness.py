@@ -126,3 +126,18 @@ def test_resume_state_reads_the_checkpoint_of_an_earlier_run():
     with pytest.raises(FileNotFoundError, match="no artifact checkpoint.pt for run 999"):
         harness.resume_state(Run, 999)
     del torch
+
+
+def test_plateau_rule_on_known_curves():
+    rising = {"acc": (list(range(10)), [0.1 * k for k in range(10)])}  # still gaining 0.2 in the last fifth
+    flat = {"acc": (list(range(10)), [0.5, 0.8, 0.9, 0.95, 0.96, 0.965, 0.97, 0.97, 0.972, 0.971])}
+    record = harness.plateau(rising, "acc")
+    assert not record["plateaued"] and record["gain"] == pytest.approx(0.2) and record["window_from_step"] == 8
+    assert harness.plateau(flat, "acc")["plateaued"] and harness.plateau(flat, "acc")["gain"] == pytest.approx(0.002)
+    assert not harness.plateau({"acc": ([0, 1, 2], [0.9, 0.9, 0.9])}, "acc")["plateaued"]  # too few to tell
+    assert not harness.plateau({}, "acc")["plateaued"]
+    falling = {"l2": (list(range(10)), [1.0, 0.5, 0.3, 0.2, 0.15, 0.12, 0.11, 0.1, 0.099, 0.0995])}
+    error = harness.plateau(falling, "l2", higher_is_better=False)
+    assert error["gain"] == pytest.approx(0.001 / 0.1) and not error["plateaued"]  # 1.0% relative: not below 1%
+    assert harness.plateau(falling, "l2", higher_is_better=False, tolerance=0.02)["plateaued"]
+    assert "last 20%" in error["rule"] and error["metric"] == "l2"
