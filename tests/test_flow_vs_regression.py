@@ -292,6 +292,19 @@ def test_nested_overrides_named_configs_and_yaml_file(tmp_path):
     assert "kind = 'proj'" in result.stdout
 
 
+def test_the_sources_example_config_is_a_named_config():
+    from experiments.flow_vs_regression import ex
+
+    config = ex.run("print_config", named_configs=["source_example"]).config
+    assert config["network"]["activation"] == "relu"  # the source's example config, key by key
+    assert (config["training"]["batch_size"], config["training"]["num_epochs"]) == (32, 5000)
+    assert (config["evaluation"]["num_eval_steps"], config["evaluation"]["integration_method"]) == (1, "euler")
+    defaults = ex.run("print_config").config  # and the defaults are the documented departures from it
+    assert (defaults["network"]["activation"], defaults["training"]["batch_size"], defaults["training"]["num_epochs"],
+            defaults["evaluation"]["num_eval_steps"], defaults["evaluation"]["integration_method"]) == (
+        "gelu", 64, 3000, 20, "rk4")
+
+
 BAD = [("mode=diffusion", "mode"), ("kind=denoise", "kind"), ("network.architecture=resnet", "network.architecture"),
        ("evaluation.integration_method=heun", "evaluation.integration_method"),
        ("training.initial_dist=uniform", "training.initial_dist"), ("dataset.num_train=0", "dataset.num_train"),
