@@ -99,6 +99,7 @@ def lstm_5s5a():
     d_model = 256
     num_layers = 2
     dataset = "5s5a"
+    epochs = 32  # the plan's epochs for this configuration (full size)
 
 
 @ex.named_config
@@ -108,6 +109,7 @@ def small_lstm_5s5a():
     d_model = 64
     num_layers = 2
     dataset = "5s5a"
+    epochs = 32  # the plan's epochs for this configuration (full size)
 
 
 @ex.named_config
@@ -117,6 +119,7 @@ def vanilla_rnn_5s5a():
     d_model = 256
     num_layers = 2
     dataset = "5s5a"
+    epochs = 21  # the plan's epochs for this configuration (full size)
 
 
 @ex.named_config
@@ -126,6 +129,7 @@ def small_vanilla_5s5a():
     d_model = 64
     num_layers = 2
     dataset = "5s5a"
+    epochs = 32  # the plan's epochs for this configuration (full size)
 
 
 @ex.named_config
@@ -135,6 +139,7 @@ def deep_rnn_5s5a():
     d_model = 256
     num_layers = 8
     dataset = "5s5a"
+    epochs = 32  # the plan's epochs for this configuration (full size)
 
 
 @ex.named_config
@@ -145,6 +150,7 @@ def transformer_5s5a():
     num_layers = 2
     n_heads = 4
     dataset = "5s5a"
+    epochs = 32  # the plan's epochs for this configuration (full size)
 
 
 @ex.named_config
@@ -154,6 +160,7 @@ def lstm_5s8a():
     d_model = 256
     num_layers = 2
     dataset = "5s8a"
+    epochs = 48  # the plan's epochs for this configuration (full size)
 
 
 @ex.named_config
@@ -163,6 +170,7 @@ def small_lstm_5s8a():
     d_model = 64
     num_layers = 2
     dataset = "5s8a"
+    epochs = 64  # the plan's epochs for this configuration (full size)
 
 
 @ex.named_config
@@ -172,6 +180,7 @@ def lstm_8s8a():
     d_model = 256
     num_layers = 2
     dataset = "8s8a"
+    epochs = 100  # the plan's epochs for this configuration (full size)
 
 
 @ex.named_config
@@ -182,6 +191,7 @@ def lstm_absorbing():
     d_model = 256
     num_layers = 2
     dataset = "absorbing"
+    epochs = 32  # the plan's epochs for this configuration (full size)
 
 
 @ex.named_config
@@ -322,8 +332,10 @@ SWEEPS = {
     # machines; the probes run on each trained model's best checkpoint at the end of its run.
     "plan": {"variants": PLAN_5S5A + PLAN_HARDER, "config": {"probe_epochs": 20}, "seeds": 3},
     # The same plan, CPU-sized (short walks, small datasets, few epochs).
-    "plan_cpu": {"variants": PLAN_5S5A + PLAN_HARDER, "named_configs": ["cpu"], "config": {"probe_epochs": 5},
-                 "seeds": 3},
+    # Its epochs are cpu's 10 for every model (a variant's named config, applied after cpu,
+    # would otherwise set the full plan's epochs).
+    "plan_cpu": {"variants": PLAN_5S5A + PLAN_HARDER, "named_configs": ["cpu"],
+                 "config": {"probe_epochs": 5, "epochs": 10}, "seeds": 3},
 }
 
 

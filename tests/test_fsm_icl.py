@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import harness
+import sweeps
 from conftest import run_script
 from toymodels import fsm, fsm_train, sequence_models
 
@@ -133,6 +134,23 @@ def test_parameter_counts_of_the_named_models(named, low, high):
     if named == "deep_rnn_5s5a":  # parameter-matched to the large LSTM
         lstm = sequence_models.n_parameters(make_model(ex.run("print_config", named_configs=["lstm_5s5a"]).config))
         assert abs(count - lstm) / lstm < 0.02
+
+
+PLAN_EPOCHS = {"lstm_5s5a": 32, "vanilla_rnn_5s5a": 21, "small_lstm_5s5a": 32, "small_vanilla_5s5a": 32,
+               "deep_rnn_5s5a": 32, "transformer_5s5a": 32, "lstm_5s8a": 48, "small_lstm_5s8a": 64, "lstm_8s8a": 100,
+               "lstm_absorbing": 32}
+
+
+def test_named_configs_carry_the_plans_epochs_and_the_cpu_plan_its_own():
+    from experiments.fsm_icl import SWEEPS, ex
+
+    for named, epochs in PLAN_EPOCHS.items():
+        assert ex.run("print_config", named_configs=[named]).config["epochs"] == epochs, named
+        assert ex.run("print_config", named_configs=[named, "cpu"]).config["epochs"] == 10  # cpu, named last, wins
+    for point in sweeps.expand("fsm_icl", SWEEPS["plan_cpu"]):  # the variant comes after cpu: the sweep pins 10
+        assert ex.run("print_config", named_configs=list(point.named_configs),
+                      config_updates=point.updates).config["epochs"] == 10
+    assert set(PLAN_EPOCHS) == {p.named_configs[-1] for p in sweeps.expand("fsm_icl", SWEEPS["plan"])}
 
 
 def test_hidden_states_are_per_layer_and_end_in_the_logits():
