@@ -297,7 +297,24 @@ def differences(comparison: dict) -> pd.DataFrame:
     keep = table["phase"] != table["phase_paper"]
     columns = [comparison["x"], comparison["y"], "phase_paper", "phase", "share", "t_train_paper", "t_train_median",
                                                "t_test_paper", "t_test_median"]
-    return table.loc[keep, columns].reset_index(drop=True)
+    out = table.loc[keep, columns].reset_index(drop=True)
+    out["differs_in"] = [differs_in(row) for _, row in out.iterrows()]
+    return out
+
+
+def differs_in(row) -> str:
+    """Which part of the phase rule puts a cell on different sides (fixed before any result):
+    ``train threshold`` (one side reaches train accuracy 0.9 within the budget, the other
+    never), ``test threshold`` (the same for test accuracy), or ``margin`` (both reach both;
+    t_test - t_train falls on either side of Delta). Steps are the paper's convention."""
+    def reached(value):
+        return value is not None and not pd.isna(value)
+
+    if reached(row["t_train_paper"]) != reached(row["t_train_median"]):
+        return "train threshold"
+    if reached(row["t_test_paper"]) != reached(row["t_test_median"]):
+        return "test threshold"
+    return "margin"
 
 
 # ------------------------------------------------------------------------ figure

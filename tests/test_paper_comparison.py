@@ -238,6 +238,11 @@ def test_compare_on_a_hand_made_table():
     # t_test: the paper never reaches it at 1e-3 and our median seed never does at 1e-5: one cell left
     assert result["spearman_t_test_cells"] == 1 and np.isnan(result["spearman_t_test"])
     assert paper.differences(result)[X].tolist() == [MSE_LRS[10]]
+    # the paper never reaches test 0.9 at lr 1e-3, our median seed does at 699: the test threshold
+    assert paper.differences(result)["differs_in"].tolist() == ["test threshold"]
+    row = {"t_train_paper": 100, "t_train_median": 120, "t_test_paper": 1000, "t_test_median": 1300}
+    assert paper.differs_in(row) == "margin"
+    assert paper.differs_in({**row, "t_train_median": np.nan, "t_test_median": None}) == "train threshold"
 
 
 # ------------------------------------------------ a quick multi-seed diagram, real runs
