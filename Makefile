@@ -2,13 +2,14 @@
 #   make run    set up and run the flagship experiment (grokking) on the embedded default (./runs)
 #   make test   set up and run the test-suite
 #   make bench  print the benchmark tables
+#   make figures  draw the headline figures from stored runs into docs/figures/ (SOURCES.md says which runs)
 #   make board  browse ./runs in Omniboard (local MongoDB-compatible server; make board-stop stops it)
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test bench clean board board-stop board-deps test-deps
+.PHONY: venv run test bench figures clean board board-stop board-deps test-deps
 
 venv: $(STAMP)
 
@@ -37,6 +38,11 @@ bench: venv
 	$(PY) benchmarks/sweep_throughput.py
 	$(PY) benchmarks/fsm_speed.py
 	$(PY) benchmarks/flow_vs_regression_speed.py
+
+# the headline figure of each replication from the stored runs ($TOYLAB_MONGO_URL, $TOYLAB_RUNS_DIR or ./runs);
+# a figure whose runs are missing is skipped, saying what to run
+figures: venv
+	$(PY) -m analysis.headline_figures
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

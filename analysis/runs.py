@@ -100,6 +100,8 @@ def _load_files(root: Path, experiment, config_filters) -> list:
 
     runs = []
     for run_dir in _run_dirs(root):
+        if experiment is not None and _experiment_name(run_dir) not in (experiment, None):
+            continue  # another experiment's run: its metrics are never parsed
         try:
             run = _read_run_dir(run_dir, FileSystemExperiment)
         except Exception as error:  # noqa: BLE001 - one bad run must not stop the load
@@ -111,6 +113,14 @@ def _load_files(root: Path, experiment, config_filters) -> list:
             continue
         runs.append(run)
     return runs
+
+
+def _experiment_name(run_dir: Path) -> Optional[str]:
+    """The experiment named in run.json, or None when it cannot be read (_read_run_dir says why)."""
+    try:
+        return json.loads((run_dir / "run.json").read_text())["experiment"]["name"]
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _warn(message: str) -> None:
@@ -231,8 +241,14 @@ def metrics_table(source, metric: Optional[str | list] = None, experiment: Optio
 def sweep_runs(source, sweep: str, experiment: str | None = None, db_name: str | None = None,
                **config_filters) -> pd.DataFrame:
     """The COMPLETED runs of one sweep (``meta.sweep``): runs_table rows, from a file-storage
-    directory or a MongoDB URL; ``experiment`` narrows it when two experiments share a sweep name."""
-    table = runs_table(source, experiment=experiment, db_name=db_name, **config_filters)
+    directory or a MongoDB URL; ``experiment`` narrows it when two experiments share a sweep name.
+    ``source`` may also be a ``runs_table`` already loaded (one load for several sweeps)."""
+    if isinstance(source, pd.DataFrame):
+        if config_filters:
+            raise ValueError("config filters apply while loading; filter the table itself instead")
+        table = source if experiment is None or source.empty else source[source["experiment"] == experiment]
+    else:
+        table = runs_table(source, experiment=experiment, db_name=db_name, **config_filters)
     if table.empty:
         return table
     return table[(table["sweep"] == sweep) & (table["status"] == "COMPLETED")].reset_index(drop=True)
