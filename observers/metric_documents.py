@@ -15,6 +15,8 @@ and timestamps are three arrays). So a series is cut into documents of at most
   ``k * MAX_POINTS_PER_DOCUMENT`` up to the next chunk.
 
 ``read_metrics`` joins them back in chunk order, so a reader sees the whole series.
+``append_series`` adds points to a series already written (the sync of a run that is still
+being written): they fill its last document up to the cap, then go on in new chunks.
 """
 from __future__ import annotations
 
@@ -68,10 +70,32 @@ def insert_series(db, run_id, name: str, steps: Sequence, values: Sequence, time
     return first_id
 
 
-def delete_metrics(db, run_id) -> None:
-    """Remove every metric document of run ``run_id`` (both collections)."""
+def append_series(db, run_id, name: str, n_stored: int, steps: Sequence, values: Sequence,
+                  timestamps: Sequence = (), size: int = MAX_POINTS_PER_DOCUMENT) -> None:
+    """Append the points ``steps``/``values``/``timestamps`` to series ``name`` of run
+    ``run_id``, of which ``n_stored`` points are in ``db`` already (written by
+    ``insert_series`` or an earlier append with the same ``size``): the documents are then
+    those ``insert_series`` writes for the whole series. ``$push``: one write per document."""
+    position, begin = n_stored, 0
+    while begin < len(steps):
+        k, offset = divmod(position, size)
+        end = begin + min(size - offset, len(steps) - begin)
+        piece = {"steps": list(steps[begin:end]), "values": list(values[begin:end]),
+                 "timestamps": list(timestamps[begin:end])}
+        if k == 0 or offset:  # document k exists (document 0 always does): fill it
+            query = {"run_id": run_id, "name": name, **({"chunk": k} if k else {})}
+            db[collection_name(k)].update_one(query, {"$push": {key: {"$each": points}
+                                                                for key, points in piece.items()}})
+        else:
+            db[CHUNKS].insert_one(metric_document(run_id, name, k, **piece))
+        position, begin = position + end - begin, end
+
+
+def delete_metrics(db, run_id, name: Optional[str] = None) -> None:
+    """Remove every metric document of run ``run_id`` (both collections), or of its metric ``name``."""
+    query = {"run_id": run_id, **({"name": name} if name is not None else {})}
     for collection in (METRICS, CHUNKS):
-        db[collection].delete_many({"run_id": run_id})
+        db[collection].delete_many(query)
 
 
 def join_documents(documents: Iterable[dict]) -> dict[str, dict]:
