@@ -1,7 +1,7 @@
 """Command line of the local board (``make board`` / ``make board-stop``).
 
-    python -m localboard start   start the server + Omniboard (or reuse them), sync ./runs, print URL + login
-    python -m localboard stop    stop both
+    python -m localboard start   start the server + Omniboard (or reuse them), sync ./runs, follow it, print URL + login
+    python -m localboard stop    stop the runs watcher, Omniboard and the server
 
 Any other command line, and a bad TOYLAB_BOARD_PORT / TOYLAB_BOARD_MONGO_PORT, gets one
 line on stderr saying what is wrong and what is allowed, and a non-zero exit (2: usage,
@@ -31,11 +31,14 @@ def main(argv=None) -> int:
             for run_dir, reason in up["sync"].skipped:
                 print(f"sync: skipped {run_dir}: {reason}", file=sys.stderr)
             print(up["sync"].summary())
+            print(f"Following {' and '.join(up['watched'])}: new and running runs reach the board within "
+                  "seconds (make board-stop stops that too)")
             print(f"Omniboard: {up['url']}  (log in as {up['user']}; password in {password_hint()})")
             print("Record live to it: TOYLAB_MONGO_URL='" + mongo_url(up['mongo_port'], up['user'], 'PASSWORD') + "'")
             return 0
         stopped = stop()
-        print("stopped " + " and ".join(stopped) if stopped else "board was not running")
+        print("stopped " + " and ".join([", ".join(stopped[:-1]), stopped[-1]] if len(stopped) > 1 else stopped)
+              if stopped else "board was not running")
         return 0
     except BoardError as error:
         print(f"board: {error}", file=sys.stderr)

@@ -1,12 +1,14 @@
 """The board of ``make board``: the server and Omniboard started once and left running
-(pid and log files in ``.board/``, or ``TOYLAB_BOARD_STATE``), one login for both, and
-the runs of ./runs and of the fallback directory uploaded to it."""
+(pid and log files in ``.board/``, or ``TOYLAB_BOARD_STATE``), one login for both, the
+runs of ./runs and of the fallback directory uploaded to it, and the watcher that keeps
+uploading them while they are written (localboard/watcher.py)."""
 from __future__ import annotations
 
 import json
 import os
 import re
 import secrets
+import sys
 from typing import Optional
 
 from localboard import columns
@@ -15,6 +17,7 @@ from localboard.processes import (HOST, STATE, BoardError, board_lock, listening
                                   stop_pid, wait_until)
 from localboard.server import (DB_NAME, SERVER_MARKER, mongo_url, server_argv, server_env, server_installed,
                                server_problem)
+from localboard.watcher import WATCHER_MARKER
 
 
 def missing_prerequisites() -> list[str]:
@@ -82,7 +85,7 @@ def sync_runs(mongo_port: int, user: str, password: str):
 
     client, db = connect(mongo_url(mongo_port, user, password), DB_NAME)
     try:
-        report = Uploader(db).sync(run_dirs(default_roots()))
+        report = Uploader(db).sync(run_dirs(default_roots()), running=True)
         columns.configure(db)  # the config keys that vary and the results, as Omniboard columns
         return report
     except pymongo.errors.PyMongoError as error:
@@ -103,13 +106,33 @@ def _ours_on(pid_file, marker: str, port: int) -> Optional[int]:
     return pid
 
 
+def watched_roots() -> list[str]:
+    """The directories the watcher follows: ./runs (TOYLAB_RUNS_DIR) and the fallback directory, absolute."""
+    from observers.sync import default_roots
+
+    return [str(root.resolve()) for root in default_roots()]
+
+
+def start_watcher(mongo_port: int, user: str, password: str) -> int:
+    """Start the watcher (localboard/watcher.py) for this board; its pid. The login goes in its
+    environment, as for the server, never on its command line."""
+    env = {**server_env(user, password), "TOYLAB_BOARD_MONGO_PORT": str(mongo_port)}
+    env.pop("TOYLAB_MONGO_URL", None)  # it writes to the board's server only
+    pid_file = STATE / "watcher.pid"
+    argv = [sys.executable, "-m", WATCHER_MARKER, "--pid-file", str(pid_file), *watched_roots()]
+    return spawn(argv, env, STATE / "watcher.log", pid_file).pid
+
+
 def start(sync: bool = True) -> dict:
-    """Start the server and Omniboard (or reuse the running ones), then sync the runs.
+    """Start the server and Omniboard (or reuse the running ones), then sync the runs and
+    start the watcher that follows them (``sync=False``: neither).
 
     Under ``STATE/lock``, so a second ``make board`` at the same moment waits and then
     reuses them. A server that is gone (SIGKILL, crash, reboot) is started again on the same
     SQLite file (WAL journal: a kill mid-write loses no acknowledged write and corrupts
-    nothing); Omniboard is then restarted too, and so is an Omniboard whose API fails."""
+    nothing); Omniboard is then restarted too, and so is an Omniboard whose API fails. The
+    watcher is stopped first and started again after the sync: one uploader at a time, so
+    no run is inserted twice, and the one it runs is always this start's."""
     from observers import runs_dir
 
     web_port, mongo_port = board_ports()  # bad values: an error before anything is written or started
@@ -117,6 +140,7 @@ def start(sync: bool = True) -> dict:
     if missing:
         raise BoardError("make board needs: " + "; ".join(missing))
     with board_lock():
+        stop_pid(STATE / "watcher.pid", WATCHER_MARKER)
         server_pid, web_pid = STATE / "server.pid", STATE / "omniboard.pid"
         server = _ours_on(server_pid, SERVER_MARKER, mongo_port)
         web = _ours_on(web_pid, OMNIBOARD_MARKER, web_port)
@@ -162,14 +186,17 @@ def start(sync: bool = True) -> dict:
                 stop_pid(pid_file, marker)
             raise
         report = sync_runs(mongo_port, user, password) if sync else None
+        watcher = start_watcher(mongo_port, user, password) if sync else None
     return {"url": f"http://{HOST}:{web_port}/sacred", "user": user, "mongo_port": mongo_port,
-            "web_port": web_port, "sync": report}
+            "web_port": web_port, "sync": report, "watcher": watcher, "watched": watched_roots()}
 
 
 def stop() -> list[str]:
-    """Stop Omniboard and the server if they run; what was stopped."""
+    """Stop the watcher, Omniboard and the server if they run; what was stopped."""
     stopped = []
     with board_lock():
+        if stop_pid(STATE / "watcher.pid", WATCHER_MARKER):
+            stopped.append("the runs watcher")
         if stop_pid(STATE / "omniboard.pid", OMNIBOARD_MARKER):
             stopped.append("Omniboard")
         if stop_pid(STATE / "server.pid", SERVER_MARKER):
@@ -184,4 +211,5 @@ def password_hint() -> str:
     return f"{STATE / 'credentials'} (readable by you only)"
 
 
-__all__ = ["BoardError", "board_ports", "credentials", "missing_prerequisites", "start", "stop", "sync_runs"]
+__all__ = ["BoardError", "board_ports", "credentials", "missing_prerequisites", "start", "start_watcher", "stop",
+           "sync_runs"]
