@@ -21,6 +21,7 @@ JSON) is skipped with a one-line warning naming it; loading never stops on one b
 """
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -162,7 +163,30 @@ def _read_run_dir(run_dir: Path, cls):
             metrics[name] = pd.Series(points["values"], index=pd.Index(points["steps"], name="step"), name=name)
         except Exception as error:  # noqa: BLE001
             _warn(f"run directory {run_dir}: ignoring malformed metric {name!r} ({type(error).__name__})")
-    return cls(int(run_dir.name), freeze(data), cls._load_artifacts(run_dir), metrics)
+    return cls(int(run_dir.name), freeze(data), _artifacts(run_dir), metrics)
+
+
+class _ArtifactFile:
+    """An artifact's file, opened only when its content is asked for, and read whole then.
+    Incense opens every artifact of every run it loads and keeps it open: a sweep of a few
+    thousand runs would exceed a common limit of 1024 open files."""
+
+    def __init__(self, path: Path):
+        self.name = str(path)
+        self._buffer = None
+
+    def __getattr__(self, item):  # read, seek, readline, ...: from the bytes, the file closed again
+        if self._buffer is None:
+            self._buffer = io.BytesIO(Path(self.name).read_bytes())
+        return getattr(self._buffer, item)
+
+
+def _artifacts(run_dir: Path) -> dict:
+    from incense.artifact import Artifact
+
+    reserved = {"run.json", "cout.txt", "metrics.json", "config.json"}
+    return {path.name: Artifact(path.name, _ArtifactFile(path)) for path in sorted(run_dir.iterdir())
+            if path.name not in reserved and not path.is_dir()}
 
 
 def _flat_config(run) -> dict:

@@ -83,3 +83,18 @@ def test_loader_errors_are_one_line_without_credentials(tmp_path, local_mongo):
         analysis.runs_table("mongodb://127.0.0.1:1/?directConnection=true&serverSelectionTimeoutMS=1000")
     assert "\n" not in str(absent.value)
     assert not (tmp_path / "nope").exists()
+
+
+def test_loading_many_runs_keeps_no_artifact_open_and_reads_artifacts_on_demand(good_runs, tmp_path):
+    import os
+
+    root = tmp_path / "many"
+    for k in range(1, 41):  # 40 runs of 5 artifacts: Incense alone would hold 200 files open
+        shutil.copytree(good_runs / "1", root / str(k))
+    open_files = len(os.listdir("/proc/self/fd"))
+    runs = analysis.load_runs(root)
+    assert len(runs) == 40 and len(os.listdir("/proc/self/fd")) <= open_files + 1
+    figure = runs[-1].artifacts["training_curves.png"]
+    assert figure.content == (root / "40" / "training_curves.png").read_bytes()
+    assert figure.as_content_type("image/png").content[:4] == b"\x89PNG"
+    assert len(os.listdir("/proc/self/fd")) <= open_files + 1  # read whole, closed again
