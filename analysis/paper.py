@@ -304,12 +304,14 @@ def differences(comparison: dict) -> pd.DataFrame:
 
 def differs_in(row) -> str:
     """Which part of the phase rule puts a cell on different sides (fixed before any result):
-    ``train threshold`` (one side reaches train accuracy 0.9 within the budget, the other
+    ``no run`` (we have none in that cell), ``train threshold`` (one side reaches train accuracy 0.9 within the budget, the other
     never), ``test threshold`` (the same for test accuracy), or ``margin`` (both reach both;
     t_test - t_train falls on either side of Delta). Steps are the paper's convention."""
     def reached(value):
         return value is not None and not pd.isna(value)
 
+    if not reached(row["phase"]):
+        return "no run"
     if reached(row["t_train_paper"]) != reached(row["t_train_median"]):
         return "train threshold"
     if reached(row["t_test_paper"]) != reached(row["t_test_median"]):

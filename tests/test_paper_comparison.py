@@ -240,9 +240,10 @@ def test_compare_on_a_hand_made_table():
     assert paper.differences(result)[X].tolist() == [MSE_LRS[10]]
     # the paper never reaches test 0.9 at lr 1e-3, our median seed does at 699: the test threshold
     assert paper.differences(result)["differs_in"].tolist() == ["test threshold"]
-    row = {"t_train_paper": 100, "t_train_median": 120, "t_test_paper": 1000, "t_test_median": 1300}
+    row = {"phase": "grokking", "t_train_paper": 100, "t_train_median": 120, "t_test_paper": 1000, "t_test_median": 1300}
     assert paper.differs_in(row) == "margin"
     assert paper.differs_in({**row, "t_train_median": np.nan, "t_test_median": None}) == "train threshold"
+    assert paper.differs_in({**row, "phase": np.nan}) == "no run"
 
 
 # ------------------------------------------------ a quick multi-seed diagram, real runs
