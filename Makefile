@@ -3,13 +3,14 @@
 #   make test   set up and run the test-suite
 #   make bench  print the benchmark tables
 #   make figures  draw the headline figures from stored runs into docs/figures/ (SOURCES.md says which runs)
+#   make notebooks  execute the notebooks in place on stored runs, so the committed copies show their outputs
 #   make board  browse ./runs in Omniboard (local MongoDB-compatible server; make board-stop stops it)
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test bench figures clean board board-stop board-deps test-deps
+.PHONY: venv run test bench figures notebooks clean board board-stop board-deps test-deps
 
 venv: $(STAMP)
 
@@ -43,6 +44,9 @@ bench: venv
 # a figure whose runs are missing is skipped, saying what to run
 figures: venv
 	$(PY) -m analysis.headline_figures
+
+notebooks: venv
+	$(PY) -m analysis.notebooks
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

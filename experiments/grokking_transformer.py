@@ -9,6 +9,7 @@ generalise long after it has fitted the training pairs? Same measurements as the
 the toy model). One run gives the train/test accuracy curves of Power et al.'s Figure 1.
 
     python experiments/grokking_transformer.py with small     # groks on one CPU core in ~30 s
+    python experiments/grokking_transformer.py with cpu_grokking   # delayed generalisation on one CPU core
     python experiments/grokking_transformer.py with power     # division mod 97: a GPU run
     python experiments/grokking_transformer.py with nanda     # addition mod 113: a GPU run
     python experiments/grokking_transformer.py with nanda device=cpu torch_threads=2
@@ -96,6 +97,20 @@ def small():
     lr = 3e-3  # 3x the papers' rate: at 1e-3 this size takes several thousand steps to generalise
     train_steps = 1000
     phase_margin = 100  # a tenth of the budget (the paper's 1e3 is a hundredth of 1e5)
+
+
+@ex.named_config
+def cpu_grokking():
+    """Delayed generalisation itself on one CPU core: Nanda's transformer and the papers'
+    optimiser (AdamW lr 1e-3, betas (0.9, 0.98), weight decay 1, full batch) on addition
+    mod 31 with half of the pairs, as Power et al. train half of theirs. It fits the
+    training pairs within a few hundred steps and reaches 0.9 test accuracy after ~15 000
+    (tried first with 30% of the pairs: test accuracy 0.14 after 20 000 steps)."""
+    p = 31
+    train_fraction = 0.5
+    train_steps = 25000
+    eval_every = 10  # thresholds at a resolution of 10 steps: each evaluation is a forward over all 961 pairs
+    log_every = 50
 
 
 def _n_train(config):
