@@ -1,12 +1,21 @@
-"""The columns the board opens with: Omniboard lists only id, name, host, command, start time
-and status by itself; a sweep reads as a table once the config keys that vary between the
-runs and the result values are columns too.
+"""The columns the board adds to Omniboard: by itself Omniboard makes a column of every field
+of the run document and of every config key (``c_decoder_lr``, ...), but of no value inside
+the result; a sweep reads as a table once the config keys that vary between the runs and the
+result values are columns of their own.
 
 Omniboard keeps custom columns in the ``omniboard.custom.columns`` collection, one document
 ``{name, config_path}`` per column, ``config_path`` a dotted path into the run document
 (``config.decoder_lr``, ``result.phase``). The board writes its own columns there (marked
 ``toylab: true``, refreshed at every ``make board``) and leaves the ones a user added in
 Omniboard alone.
+
+Where they appear is Omniboard's (2.16.1) and the browser's, not the database's: the runs
+table appends custom columns after the run's own fields and config keys, puts Id, Experiment
+Name and Hostname first and Tags and Notes after Status, shows every column, and keeps order,
+widths and hidden columns in the browser's localStorage only (RunsTable in
+board/node_modules/omniboard/web/src/components/RunsTable/runsTable.js: ``_parseRunsResponseData``,
+``loadData``, ``stateFilterKeys``; ``omniboard.settings`` holds no column state). So the
+board's columns are the right end of the table, in the order written here.
 """
 from __future__ import annotations
 
