@@ -179,8 +179,34 @@ def flow_vs_regression(source):
                      "flow_vs_regression", f"sweep {sweeps}, concat MLP", used["run"].tolist(), fig)
 
 
+def transformer_grokking(source, named_config="cpu_grokking"):
+    runs = [run for run in load_runs(source, experiment="grokking_transformer") if run.status == "COMPLETED"
+            and named_config in thaw(run.meta).get("named_configs", [])]
+    if not runs:
+        yield Skip("grokking_transformer_cpu.png", "no COMPLETED grokking_transformer runs with cpu_grokking: "
+                                                   "python experiments/grokking_transformer.py with cpu_grokking seed=0")
+        return
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for k, run in enumerate(sorted(runs, key=lambda r: r.config["seed"])):
+        result = thaw(run.result)
+        for metric, style in (("train.acc", "--"), ("test.acc", "-")):
+            series = run.metrics[metric]
+            ax.plot(series.index + 1, series.values, style, color=f"C{k}",
+                    label=f"seed {run.config['seed']} {metric.split('.')[0]}"
+                          + (f" (t_train {result['t_train']}, t_test {result['t_test']})" if metric == "test.acc" else ""))
+    ax.set_xscale("log")
+    ax.set(xlabel="step + 1", ylabel="accuracy", ylim=(0, 1.02))
+    ax.legend(fontsize=7)
+    config = runs[0].config
+    ax.set_title(f"transformer, {config['operation']} mod {config['p']}, {config['train_fraction']:.0%} of the pairs: "
+                 f"{len(runs)} runs", fontsize=9)
+    yield Figure("grokking_transformer_cpu.png", "train and test accuracy against steps, per seed",
+                 "grokking_transformer", f"every COMPLETED run `with {named_config}`", [r.id for r in runs], fig)
+
+
 FIGURES = {"grokking": grokking, "critical_fraction": critical_fraction, "fsm_icl": fsm_icl,
-           "two_stage": two_stage, "list_ops": list_ops, "flow_vs_regression": flow_vs_regression}
+           "two_stage": two_stage, "list_ops": list_ops, "flow_vs_regression": flow_vs_regression,
+           "grokking_transformer": transformer_grokking}
 
 
 # ------------------------------------------------------------------ SOURCES.md

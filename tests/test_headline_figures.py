@@ -16,8 +16,8 @@ FLOW = str(REPO / "experiments" / "flow_vs_regression.py")
 MSE_LRS = [SWEEPS["phase_mse_paper_split"]["grid"]["decoder_lr"][k] for k in (5, 8)]
 FSM_TINY = {"n_transitions": 12, "train_sequences": 64, "val_sequences": 32, "eval_sequences": 0, "epochs": 2,
             "batch_size": 16, "d_model": 16, "probe_sequences": 16, "probe_epochs": 0}
-ALL = ["critical_fraction.png", "flow_vs_regression_recon.png", "fsm_icl.png", "list_ops_accuracy.png",
-       "list_ops_attention.png", "phase_mse_paper_split.png", "two_stage.png"]
+ALL = ["critical_fraction.png", "flow_vs_regression_recon.png", "fsm_icl.png", "grokking_transformer_cpu.png",
+       "list_ops_accuracy.png", "list_ops_attention.png", "phase_mse_paper_split.png", "two_stage.png"]
 
 
 def sweep(experiment_file, name, spec, store) -> list:
@@ -56,6 +56,13 @@ def runs(tmp_path_factory):
         data_dir = str(tmp_path_factory.mktemp("fsm_data"))
         ids["fsm_icl"] = [int(fsm_icl.run(named_configs=["small_lstm_5s5a"],
                                       config_updates={**FSM_TINY, "data_dir": data_dir})._id)]
+        from experiments.grokking_transformer import ex as transformer
+
+        # the figure draws the runs of the named config cpu_grokking (here 60 steps of it); a
+        # run without it (small) is not among them
+        ids["grokking_transformer"] = [int(transformer.run(named_configs=["cpu_grokking"], config_updates={
+            "train_steps": 60, "log_every": 10, "seed": seed})._id) for seed in (0, 1)]
+        transformer.run(named_configs=["small"], config_updates={"train_steps": 20, "log_every": 10})
     return root, ids
 
 
@@ -104,7 +111,8 @@ def test_every_figure_is_written_from_the_runs_it_names(runs, drawn):
                 "critical_fraction.png": ids["fraction_scan"],
                 "flow_vs_regression_recon.png": ids["flow_vs_regression"],
                 "two_stage.png": ids["two_stage"], "fsm_icl.png": ids["fsm_icl"],
-                "list_ops_accuracy.png": ids["list_ops"], "list_ops_attention.png": ids["list_ops"]}
+                "list_ops_accuracy.png": ids["list_ops"], "list_ops_attention.png": ids["list_ops"],
+                "grokking_transformer_cpu.png": ids["grokking_transformer"]}
     for name, run_ids in expected.items():
         assert rows[name]["ids"] == set(run_ids) and rows[name]["count"] == len(run_ids), name
         assert rows[name]["source"] == f"`{root}`"
