@@ -1,0 +1,42 @@
+"""The committed notebooks are rendered: each carries its outputs (figures included), no
+error, and says where its runs came from. Executing them on quick sweeps is each
+experiment's own test (test_sweep, test_two_stage, test_fsm_analysis, test_list_ops,
+test_flow_vs_regression); those run in memory and never rewrite the committed copies."""
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from analysis.notebooks import NOTEBOOKS, notebook_paths
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.stem)
+def test_committed_notebook_shows_its_outputs(path):
+    notebook = nbformat.read(path, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    outputs = [output for cell in code for output in cell.get("outputs", [])]
+    assert all(cell.get("execution_count") for cell in code), f"{path.name}: a code cell was never executed"
+    assert not [o for o in outputs if o.get("output_type") == "error"], f"{path.name}: committed with an error"
+    assert any("image/png" in o.get("data", {}) for o in outputs), f"{path.name}: no figure in the committed copy"
+    rendered = notebook.metadata.get("toylab", {}).get("rendered", {})
+    assert rendered.get("source") and rendered.get("at"), f"{path.name}: not rendered by python -m analysis.notebooks"
+    assert "mongodb://" not in nbformat.writes(notebook)  # a URL (and its password) never lands in a notebook
+
+
+def test_every_notebook_is_executed_by_a_test():
+    tests = "".join(p.read_text() for p in (REPO / "tests").glob("test_*.py") if p.name != Path(__file__).name)
+    for path in notebook_paths():
+        assert f'"{path.name}"' in tests, f"no test executes {path.name}"
+
+
+def test_render_names_a_missing_source_and_an_unknown_notebook(tmp_path):
+    run = [sys.executable, "-m", "analysis.notebooks"]
+    missing = subprocess.run(run + ["--source", str(tmp_path / "nothing")], cwd=REPO, capture_output=True, text=True)
+    assert missing.returncode == 2 and "no such runs directory" in missing.stderr
+    unknown = subprocess.run(run + ["--source", str(tmp_path), "nonesuch"], cwd=REPO, capture_output=True, text=True)
+    assert unknown.returncode != 0 and "'nonesuch' is not one of" in unknown.stderr
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == [p.name for p in notebook_paths()]
