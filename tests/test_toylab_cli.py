@@ -3,6 +3,7 @@ the real engine: a sweep on a real Dask cluster, sync to the real server process
 table and the export of real recorded runs."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,8 +39,19 @@ def recorded(tmp_path_factory):
 def test_help_lists_every_subcommand():
     result = toylab("--help")
     assert result.returncode == 0
-    for command in ("sweep", "board", "sync", "runs", "export"):
-        assert f"    {command} " in result.stdout, command
+    for command in ("sweep", "board", "sync", "runs", "export", "figures", "notebooks"):
+        assert re.search(rf"^    {command}\s", result.stdout, re.MULTILINE), command
+
+
+def test_figures_and_notebooks_are_the_make_targets_commands(recorded, tmp_path):
+    missing = tmp_path / "nowhere"
+    for command, says in (("figures", f"error: no runs directory at {missing}"),
+                          ("notebooks", f"--source {missing}: no such runs directory")):
+        result = toylab(command, "--source", str(missing))
+        assert result.returncode == 2 and result.stderr.strip() == says, result.stderr
+    drawn = toylab("figures", "--source", str(recorded), "--out", str(tmp_path / "out"), "--only", "grokking")
+    assert "skipped phase_mse_paper_split.png" in drawn.stderr  # the recorded runs are no published sweep
+    assert drawn.returncode == 1 and not list((tmp_path / "out").glob("*.png"))
 
 
 def test_runs_table_shows_the_varying_config_and_the_results_and_filters(recorded):

@@ -5,6 +5,8 @@
     toylab sync [DIR ...]                                              # python -m observers sync ...
     toylab runs [SOURCE] [--experiment E] [--status S] [--sweep N] [KEY=VALUE ...] [--columns K1,K2]
     toylab export [SOURCE] --to runs.csv|runs.parquet [--metrics [NAME ...]] [filters as for runs]
+    toylab figures [--source SOURCE] [--out DIR] [--only NAME]             # make figures
+    toylab notebooks [--source SOURCE] [NOTEBOOK ...]                        # make notebooks
 
 SOURCE is a runs directory or a MongoDB URL; by default where runs are recorded now
 (TOYLAB_MONGO_URL, else TOYLAB_RUNS_DIR or ./runs).
@@ -18,7 +20,8 @@ from typing import Optional
 RESULT_COLUMNS = ("phase", "t_train", "t_test", "t_rqi", "final_train_acc", "final_test_acc", "final_val_acc",
                   "best_val_acc", "test_acc", "final_agreement")  # shown when the runs have them
 RUN_COLUMNS = ("run", "experiment", "status")
-PASSED_ON = {"sweep": "python -m sweeps", "board": "python -m localboard", "sync": "python -m observers sync"}
+PASSED_ON = {"sweep": "python -m sweeps", "board": "python -m localboard", "sync": "python -m observers sync",
+             "figures": "python -m analysis.headline_figures", "notebooks": "python -m analysis.notebooks"}
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -33,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_OneLineParser)
     for name, what in (("sweep", "run a sweep on Dask (the options of python -m sweeps)"),
                        ("board", "the local MongoDB-compatible server and Omniboard: start | stop"),
-                       ("sync", "upload file-storage and fallback runs to TOYLAB_MONGO_URL, each once")):
+                       ("sync", "upload file-storage and fallback runs to TOYLAB_MONGO_URL, each once"),
+                       ("figures", "draw the headline figures from stored runs into docs/figures (make figures)"),
+                       ("notebooks", "execute the notebooks in place on stored runs (make notebooks)")):
         command = commands.add_parser(name, help=what, add_help=False)
         command.add_argument("arguments", nargs=argparse.REMAINDER)
     for name, what in (("runs", "a table of runs in the terminal"), ("export", "runs or metrics to CSV or Parquet")):
@@ -145,8 +150,24 @@ def _where(source: str) -> str:
     return redact(source, source) if source.startswith("mongodb") else source
 
 
+def _passed_on(name: str, arguments: list[str]) -> int:
+    if name == "sweep":
+        from sweeps.__main__ import main as command
+    elif name == "board":
+        from localboard.__main__ import main as command
+    elif name == "figures":
+        from analysis.headline_figures import main as command
+    elif name == "notebooks":
+        from analysis.notebooks import main as command
+    else:
+        from observers.sync import main as command
+    return command(arguments)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSED_ON:  # the tools' own command lines, unchanged (options first too)
+        return _passed_on(argv[0], argv[1:])
     parser = _parser()
     args, extra = parser.parse_known_args(argv)  # KEY=VALUE filters may stand after the options too
     if extra and (args.command not in ("runs", "export") or any("=" not in item for item in extra)):
@@ -156,14 +177,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command in PASSED_ON:  # the tools' own command lines, unchanged
-        if args.command == "sweep":
-            from sweeps.__main__ import main as command
-        elif args.command == "board":
-            from localboard.__main__ import main as command
-        else:
-            from observers.sync import main as command
-        return command(args.arguments)
+    if args.command in PASSED_ON:  # e.g. after a global option
+        return _passed_on(args.command, args.arguments)
     try:
         return {"runs": runs_command, "export": export_command}[args.command](args)
     except BrokenPipeError:  # `toylab runs | head`: the reader has what it wanted
