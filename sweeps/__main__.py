@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Optional
@@ -112,8 +113,12 @@ def main(argv: Optional[list[str]] = None) -> int:
               file=sys.stderr)
         return 2
     if args.list:
-        for point in points:
-            print(f"{point.key}  {point.describe()}")
+        try:
+            for point in points:
+                print(f"{point.key}  {point.describe()}")
+            sys.stdout.flush()
+        except BrokenPipeError:  # `--list | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
     slurm = None
     if args.slurm:

@@ -8,6 +8,8 @@ the README, "Sweeps")."""
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -328,6 +330,12 @@ def test_command_line_lists_points_and_refuses_bad_values_in_one_line(capsys):
     assert err == ["harness.ConfigError: decoder_lr=-1 is not allowed: decoder_lr must be > 0"]
     with pytest.raises(SystemExit, match="declares phase_mse"):
         sweep_command([GROKKING, "--sweep", "nope"])
+
+
+def test_listing_points_into_a_closed_pipe_is_quiet():
+    listed = subprocess.run(f"{sys.executable} -m sweeps {GROKKING} --sweep phase_mse --list | head -2", shell=True,
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert len(listed.stdout.splitlines()) == 2 and "Traceback" not in listed.stderr and "Error" not in listed.stderr
 
 
 def test_slurm_job_script_asks_for_partition_walltime_memory():
