@@ -33,12 +33,26 @@ def make(target: str, env: dict) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+def own_board_env(tmp) -> dict:
+    """A board of its own under ``tmp``: runs, state and two free ports."""
+    return {"TOYLAB_RUNS_DIR": str(tmp / "runs"), "TOYLAB_BOARD_STATE": str(tmp / "state"),
+            "TOYLAB_BOARD_PORT": str(free_port()), "TOYLAB_BOARD_MONGO_PORT": str(free_port())}
+
+
+def require_chromium() -> None:
+    """Browser tests need Debian's chromium: skipped without it, failed without it in CI."""
+    if not Path(CHROMIUM).exists():
+        message = f"the browser test needs Debian's chromium at {CHROMIUM} (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
     require_board("make board")
     tmp = tmp_path_factory.mktemp("board")
-    env = {"TOYLAB_RUNS_DIR": str(tmp / "runs"), "TOYLAB_BOARD_STATE": str(tmp / "state"),
-           "TOYLAB_BOARD_PORT": str(free_port()), "TOYLAB_BOARD_MONGO_PORT": str(free_port())}
+    env = own_board_env(tmp)
     run = run_script(["experiments/grokking.py", "with", "train_steps=300", "log_every=3"], env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     started = make("board", env)
@@ -93,11 +107,7 @@ def test_api_refuses_without_login(board):
 
 
 def test_browser_sees_the_run_its_metrics_plot_and_artifacts(board):
-    if not Path(CHROMIUM).exists():
-        message = f"the browser test needs Debian's chromium at {CHROMIUM} (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_chromium()
     from playwright.sync_api import Error as PlaywrightError, expect, sync_playwright
 
     OUTPUT.mkdir(exist_ok=True)

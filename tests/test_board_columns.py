@@ -15,16 +15,15 @@ end, and the browser test pins that order, as a user sees it, from the header ce
 positions.
 """
 import json
-import os
 from pathlib import Path
 
 import mongomock
 import pytest
 
 from localboard import columns
-from localboard.processes import free_port, port_open
+from localboard.processes import port_open
 from tests.conftest import require_board, run_script
-from tests.test_board import CHROMIUM, CHROMIUM_ARGS, OUTPUT, make
+from tests.test_board import CHROMIUM, CHROMIUM_ARGS, OUTPUT, make, own_board_env, require_chromium
 
 
 def run(config, result):
@@ -65,8 +64,7 @@ def sweep_board(tmp_path_factory):
     """`make board` on a sweep of two short grokking runs that differ in decoder_lr."""
     require_board("make board")
     tmp = tmp_path_factory.mktemp("board-columns")
-    env = {"TOYLAB_RUNS_DIR": str(tmp / "runs"), "TOYLAB_BOARD_STATE": str(tmp / "state"),
-           "TOYLAB_BOARD_PORT": str(free_port()), "TOYLAB_BOARD_MONGO_PORT": str(free_port())}
+    env = own_board_env(tmp)
     for lr in ("1e-3", "1e-2"):
         done = run_script(["experiments/grokking.py", "with", "train_steps=300", "log_every=3", f"decoder_lr={lr}"],
                           env=env)
@@ -128,11 +126,7 @@ def header_order(page, shots: dict) -> list[str]:
 
 
 def test_browser_shows_omniboards_columns_first_and_the_boards_at_the_right_end(sweep_board):
-    if not Path(CHROMIUM).exists():
-        message = f"the browser test needs Debian's chromium at {CHROMIUM} (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_chromium()
     from playwright.sync_api import expect, sync_playwright
 
     from localboard.server import DB_NAME, mongo_url

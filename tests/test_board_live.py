@@ -26,14 +26,14 @@ import pymongo.errors
 import pytest
 from sacred import Experiment
 
-from localboard.processes import free_port, port_open
+from localboard.processes import port_open
 from localboard.watcher import WATCHER_MARKER, Watcher
 from observers import metric_documents
 from observers.file_storage import AtomicFileStorageObserver
 from observers.metric_documents import CHUNKS, METRICS, read_metrics, split_series
 from observers.sync import Uploader
 from tests.conftest import REPO, require_board
-from tests.test_board import CHROMIUM, CHROMIUM_ARGS, OUTPUT, UNSET, make
+from tests.test_board import CHROMIUM, CHROMIUM_ARGS, OUTPUT, UNSET, make, own_board_env, require_chromium
 
 
 # ------------------------------------------------------------------ runs written as a run writes them
@@ -346,8 +346,7 @@ def live_env(tmp_path):
     stopped afterwards, whatever the test did, and then no watcher of it is left."""
     require_board("make board")
     (tmp_path / "runs").mkdir()
-    env = {"TOYLAB_RUNS_DIR": str(tmp_path / "runs"), "TOYLAB_BOARD_STATE": str(tmp_path / "state"),
-           "TOYLAB_BOARD_PORT": str(free_port()), "TOYLAB_BOARD_MONGO_PORT": str(free_port())}
+    env = own_board_env(tmp_path)
     yield env
     stopped = make("board-stop", env)
     assert stopped.returncode == 0, stopped.stderr
@@ -355,11 +354,7 @@ def live_env(tmp_path):
 
 
 def test_a_run_started_after_make_board_appears_in_omniboard_running_then_completed(live_env):
-    if not Path(CHROMIUM).exists():
-        message = f"the browser test needs Debian's chromium at {CHROMIUM} (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_chromium()
     from playwright.sync_api import expect, sync_playwright
 
     env, runs = live_env, Path(live_env["TOYLAB_RUNS_DIR"])

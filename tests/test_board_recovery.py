@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from localboard.processes import free_port, listening_ports, port_open
+from localboard.processes import listening_ports, port_open
 from tests.conftest import REPO, require_board, run_script
-from tests.test_board import CHROMIUM, CHROMIUM_ARGS, OUTPUT, UNSET, make
+from tests.test_board import CHROMIUM, CHROMIUM_ARGS, OUTPUT, UNSET, make, own_board_env, require_chromium
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,7 @@ def one_run(tmp_path_factory):
 def board_env(one_run, tmp_path):
     """The environment of one board (not started); stopped afterwards, whatever the test did."""
     shutil.copytree(one_run, tmp_path / "runs")
-    env = {"TOYLAB_RUNS_DIR": str(tmp_path / "runs"), "TOYLAB_BOARD_STATE": str(tmp_path / "state"),
-           "TOYLAB_BOARD_PORT": str(free_port()), "TOYLAB_BOARD_MONGO_PORT": str(free_port())}
+    env = own_board_env(tmp_path)
     yield env
     for pids in board_processes(env).values():  # a stopped (SIGSTOP) process must go too
         for pid in pids:
@@ -121,11 +120,7 @@ def integrity(sqlite_file: Path, scratch: Path) -> str:
 
 def browser_shows_the_run(env: dict, screenshot: str) -> None:
     """Log in to Omniboard in Chromium and find the grokking run's row (screenshot as evidence)."""
-    if not Path(CHROMIUM).exists():
-        message = f"the browser test needs Debian's chromium at {CHROMIUM} (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_chromium()
     from playwright.sync_api import expect, sync_playwright
 
     user, password = login(env)
