@@ -45,7 +45,16 @@ def paradigm_table(source, **config_filters) -> pd.DataFrame:
     table = table[table["status"] == "COMPLETED"].reset_index(drop=True)
     table["paradigm"] = [_paradigm(row) for row in table.to_dict("records")]
     table["diverged"] = diverged(table["final_eval_l2"])
+    table["plateaued"] = plateaued(table)
     return table
+
+
+def plateaued(table: pd.DataFrame) -> pd.Series:
+    """Per run: did its eval error plateau (``harness.plateau``'s record in the run's info)?
+    A run without a record (recorded before the rule existed) has not shown that it did."""
+    records = table["plateau"] if "plateau" in table else pd.Series([None] * len(table), index=table.index)
+    return pd.Series([isinstance(r, dict) and bool(r.get("plateaued")) for r in records], index=table.index,
+                     dtype=bool)
 
 
 def diverged(l2: pd.Series) -> pd.Series:
@@ -55,14 +64,17 @@ def diverged(l2: pd.Series) -> pd.Series:
 
 
 def summarise(table: pd.DataFrame, by: list, metrics: list) -> pd.DataFrame:
-    """Per group of ``by``: ``diverged`` (runs left out, see the module docstring) and for
-    each metric the mean, 95% interval (low, high) and n of the other runs."""
+    """Per group of ``by``: ``diverged`` (runs left out, see the module docstring),
+    ``plateaued`` (how many of the other runs finished learning), and for each metric the
+    mean, 95% interval (low, high) and n of the other runs."""
     rows = []
     for key, group in table.groupby(by, sort=True):
         row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
         if "diverged" in group.columns:
             row["diverged"] = int(group["diverged"].sum())
             group = group[~group["diverged"].astype(bool)]
+        if "plateaued" in group.columns:
+            row["plateaued"] = int(group["plateaued"].astype(bool).sum())
         for metric in metrics:
             mean, half, n = mean_ci(group[metric])
             row.update({f"{metric}.mean": mean, f"{metric}.low": mean - half, f"{metric}.high": mean + half,
@@ -75,16 +87,37 @@ def paired_difference(table: pd.DataFrame, metric: str, first: str, second: str,
                       by: tuple = ("kind", "dataset.num_train", "network.architecture")) -> pd.DataFrame:
     """metric(first) - metric(second) for runs of the two paradigms that share the seed
     (hence the target function and training conditions) and ``by``: columns difference.mean,
-    .low, .high, .n per group and ``diverged`` (pairs left out). The pairing removes the
-    spread between target functions."""
+    .low, .high, .n per group, ``diverged`` (pairs left out), ``plateaued`` (pairs whose two
+    runs both finished learning) and ``verdict``: "not converged: k of n pairs plateaued"
+    unless every pair did, else which paradigm is lower (the interval excludes 0) or "no
+    difference". The pairing removes the spread between target functions."""
     by = [column for column in by if column in table.columns] or ["kind"]
     keys = by + ["seed"]
-    a = table[table["paradigm"] == first].set_index(keys)[[metric, "diverged"]]
-    b = table[table["paradigm"] == second].set_index(keys)[[metric, "diverged"]]
+    columns = [metric, "diverged", "plateaued"]
+    table = table.assign(plateaued=table["plateaued"] if "plateaued" in table else False)
+    a = table[table["paradigm"] == first].set_index(keys)[columns]
+    b = table[table["paradigm"] == second].set_index(keys)[columns]
     joined = a.add_suffix(".first").join(b.add_suffix(".second"), how="inner").reset_index()
     joined["difference"] = joined[f"{metric}.first"] - joined[f"{metric}.second"]
     joined["diverged"] = joined["diverged.first"] | joined["diverged.second"]  # a pair with one diverged run
-    return summarise(joined, by, ["difference"])
+    joined["plateaued"] = joined["plateaued.first"].astype(bool) & joined["plateaued.second"].astype(bool)
+    summary = summarise(joined, by, ["difference"])
+    summary["verdict"] = [_verdict(row, first, second) for row in summary.to_dict("records")]
+    return summary
+
+
+def _verdict(row: dict, first: str, second: str) -> str:
+    """A comparison is a finding only when both sides of every pair finished learning."""
+    n = row["difference.n"]
+    if row["plateaued"] < n or not n:
+        return f"not converged: {row['plateaued']} of {n} pairs plateaued"
+    if n < 2:
+        return "one seed: no interval"
+    if row["difference.high"] < 0:
+        return f"{first} lower"
+    if row["difference.low"] > 0:
+        return f"{second} lower"
+    return "no difference"
 
 
 def integration_table(source, **config_filters) -> pd.DataFrame:

@@ -41,6 +41,10 @@ SWEEPS = {
                   "variants": PARADIGMS, "seeds": 5},
     "architecture": {"grid": {"kind": ["recon", "proj"]}, "named_configs": ["film"],
                      "variants": PARADIGMS, "seeds": 5},
+    # The comparison at convergence: 30 000 epochs for every paradigm, where the slowest (the
+    # flow from N(0, I)) has plateaued (the plateau rule is recorded per run).
+    "converged": {"grid": {"kind": ["recon", "proj"], "dataset.num_train": [10, 20, 50]},
+                  "variants": PARADIGMS, "config": {"training.num_epochs": 30000}, "seeds": 3},
 }
 
 
@@ -220,7 +224,9 @@ def main(_run, kind, mode, seed, torch_threads, training, evaluation):
     result = {"final_" + k.replace(".", "_"): v for k, v in outcome.final.items()}
     result.update({"best_" + k.replace(".", "_"): v for k, v in outcome.best.items() if k.startswith("eval.")})
     result.update({"best_epoch": outcome.best_epoch, "steps": outcome.steps, "dim": dataset.dim})
-    result["plateau"] = harness.plateau(curves, "eval.l2", higher_is_better=False)  # did it finish learning
+    # did it finish learning; the scale is the error of predicting the mean of the targets
+    result["baseline_eval_l2"] = float(dataset.eval_y.var(dim=0, unbiased=False).mean())
+    result["plateau"] = harness.plateau(curves, "eval.l2", higher_is_better=False, scale=result["baseline_eval_l2"])
 
     integration = None
     if mode == "flow":  # error against integration steps, per method (Euler vs RK4), of the final model

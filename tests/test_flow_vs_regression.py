@@ -209,12 +209,17 @@ def test_quick_run_records_metrics_result_and_artifacts(runs, kind, paradigm):
     assert metrics["eval.l2"]["steps"][metrics["eval.l2"]["values"].index(result["best_eval_l2"])] == \
         result["best_epoch"]
     # the plateau rule (harness.plateau), recomputed from the stored eval curve: best before the
-    # last 20% of the measurements against the best overall, relative, below 1% is a plateau
+    # last 20% of the measurements against the best overall, below 1% relative or below 1% of
+    # the error of predicting the mean of the eval targets is a plateau
     values = metrics["eval.l2"]["values"]
     split = round(len(values) * 0.8)
     gain = (min(values[:split]) - min(values)) / min(values[:split])
+    dataset = fr.make_dataset(kind, **config["dataset"], seed=config["seed"])
+    assert result["baseline_eval_l2"] == pytest.approx(float(((dataset.eval_y - dataset.eval_y.mean(0)) ** 2).mean()))
     assert result["plateau"]["gain"] == pytest.approx(gain)
-    assert result["plateau"]["plateaued"] == (gain < 0.01) and read(run_dir, "info.json")["plateau"] == result["plateau"]
+    absolute = min(values[:split]) - min(values)
+    assert result["plateau"]["plateaued"] == (gain < 0.01 or absolute < 0.01 * result["baseline_eval_l2"])
+    assert read(run_dir, "info.json")["plateau"] == result["plateau"]
     figures = {"training_curves.png", "predictions.png", "error_distribution.png"}
     figures |= {"subspace.png"} if kind == "proj" else set()
     figures |= {"integration.png"} if paradigm != "regression" else set()

@@ -141,3 +141,11 @@ def test_plateau_rule_on_known_curves():
     assert error["gain"] == pytest.approx(0.001 / 0.1) and not error["plateaued"]  # 1.0% relative: not below 1%
     assert harness.plateau(falling, "l2", higher_is_better=False, tolerance=0.02)["plateaued"]
     assert "last 20%" in error["rule"] and error["metric"] == "l2"
+    # an error far below its scale (the trivial predictor's error) that still halves has finished:
+    # gain 5e-5 absolute (50% relative) against 1% of the scale 0.1667 = 1.7e-3
+    tiny = {"l2": (list(range(10)), [0.1, 0.01, 1e-3, 5e-4, 3e-4, 2e-4, 1.5e-4, 1e-4, 8e-5, 5e-5])}
+    assert not harness.plateau(tiny, "l2", higher_is_better=False)["plateaued"]
+    scaled = harness.plateau(tiny, "l2", higher_is_better=False, scale=1 / 6)
+    assert scaled["plateaued"] and scaled["gain"] == pytest.approx(0.5) and scaled["scale"] == pytest.approx(1 / 6)
+    assert "0.00167 absolute" in scaled["rule"]
+    assert not harness.plateau(falling, "l2", higher_is_better=False, scale=0.05)["plateaued"]  # 0.001 > 5e-4
