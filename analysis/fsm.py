@@ -62,9 +62,10 @@ def icl_curve_figure(series: dict, chance: float, title: str = ""):
 
 # ------------------------------------------------------------------ aggregation over seeds
 # What a configuration is (everything but the seed); the label names the plan's model when it is one.
-CONFIG_KEYS = ["model", "d_model", "num_layers", "dataset", "n_transitions", "train_sequences", "epochs",
-               "init_from_dataset"]
-BUDGET = ["n_transitions", "train_sequences", "epochs"]  # what a run spends: walk length, walks, epochs
+CONFIG_KEYS = ["model", "d_model", "num_layers", "dataset", "n_transitions", "train_sequences", "fresh_walks",
+               "epochs", "init_from_dataset"]
+# what a run spends: walk length, walks (the same set each epoch or fresh ones), epochs
+BUDGET = ["n_transitions", "train_sequences", "fresh_walks", "epochs"]
 SUMMARY = ["final_val_acc", "final_val_first_acc", "final_val_repeat_acc", "final_val_nontrivial_acc",
            "best_val_acc", "ceiling", "chance", "n_parameters"]
 
@@ -109,6 +110,8 @@ def load(source, **filters) -> pd.DataFrame:
     if table.empty or "kind" not in table:
         return pd.DataFrame(columns=["run", "configuration", *CONFIG_KEYS, "seed", *SUMMARY])
     table = table[(table["status"] == "COMPLETED") & (table["kind"] == "train")].copy()
+    # runs recorded before fresh_walks existed trained on one fixed set
+    table["fresh_walks"] = table["fresh_walks"].fillna(False).astype(bool) if "fresh_walks" in table else False
     # a curriculum stage is labelled by the dataset of the run it started from
     datasets = dict(zip(table["run"], table["dataset"]))
     previous = table["init_from"] if "init_from" in table else pd.Series(None, index=table.index)
@@ -164,7 +167,8 @@ def icl_curves(source_or_table, **filters) -> pd.DataFrame:
     for keys, group in table.groupby(["configuration", *BUDGET], sort=True):
         configuration, budget = keys[0], dict(zip(BUDGET, keys[1:]))
         label = configuration if budgets[configuration] == 1 else (
-            f"{configuration} [T={budget['n_transitions']}, N={budget['train_sequences']}, {budget['epochs']} epochs]")
+            f"{configuration} [T={budget['n_transitions']}, N={budget['train_sequences']}"
+            f"{' fresh per epoch' if budget['fresh_walks'] else ''}, {budget['epochs']} epochs]")
         curves = [curve for curve in group["final_val_icl_acc"] if isinstance(curve, (list, tuple))]
         for repeats in range(max((len(c) for c in curves), default=0)):
             values = [c[repeats] for c in curves if len(c) > repeats]
@@ -192,7 +196,7 @@ def plan_budget(table: pd.DataFrame) -> dict:
     if fresh.empty:
         return {}
     counts = fresh.groupby(BUDGET).size().sort_values(ascending=False)
-    return dict(zip(BUDGET, (int(v) for v in counts.index[0])))
+    return {key: (bool(v) if key == "fresh_walks" else int(v)) for key, v in zip(BUDGET, counts.index[0])}
 
 
 def _row(aggregated: pd.DataFrame, label: str, budget: dict):
@@ -255,7 +259,7 @@ def hypotheses(source_or_table, **filters) -> pd.DataFrame:
     chained = row("small_lstm 5s5a after easy")
     scratch = None
     if budget:
-        same_walks = {key: budget[key] for key in ("n_transitions", "train_sequences")}
+        same_walks = {key: budget[key] for key in ("n_transitions", "train_sequences", "fresh_walks")}
         candidates = [_row(aggregated, "small_lstm 5s5a", {**same_walks, "epochs": epochs})
                       for epochs in sorted(set(aggregated["epochs"]), reverse=True)]
         scratch = next((candidate for candidate in candidates if candidate is not None), None)

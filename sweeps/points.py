@@ -34,14 +34,18 @@ def point_key(experiment: str, named_configs, updates: dict) -> str:
 
 
 def expand(experiment: str, spec: dict) -> list[Point]:
-    """The points of a sweep spec: variants x grid (cartesian, in the grid's order) x seeds."""
+    """The points of a sweep spec: variants x grid (cartesian, in the grid's order) x seeds.
+    A variant is a named config or a list of them, applied after the spec's ``named_configs``
+    in that order (Sacred: a later named config wins), so ``["lstm_5s5a", "cpu"]`` lets
+    ``cpu`` set what the model's named config also sets."""
     grid = spec.get("grid", {})
     seeds = spec.get("seeds")
     seeds = list(range(seeds)) if isinstance(seeds, int) else seeds
     variants = spec.get("variants") or [None]
     points = []
     for variant in variants:
-        named = tuple(spec.get("named_configs", [])) + ((variant,) if variant else ())
+        variant = () if not variant else (variant,) if isinstance(variant, str) else tuple(variant)
+        named = tuple(spec.get("named_configs", [])) + variant
         for values in itertools.product(*grid.values()):
             for seed in seeds if seeds is not None else [None]:
                 updates = dict(spec.get("config", {}))

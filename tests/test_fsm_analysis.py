@@ -29,7 +29,7 @@ def synthetic_runs(values: dict, plateaued: bool = True) -> pd.DataFrame:
         after = configuration.split(" after ")[1] if " after " in configuration else None
         for seed, accuracy in enumerate(accuracies):
             rows.append({"run": len(rows) + 1, "configuration": configuration, "model": name, "d_model": 1,
-                         "num_layers": 1, "dataset": dataset, "n_transitions": 32, "train_sequences": 100,
+                         "num_layers": 1, "dataset": dataset, "n_transitions": 32, "train_sequences": 100, "fresh_walks": True,
                          "epochs": 10, "init_from_dataset": after, "seed": seed, "chance": 0.2,
                          "final_val_acc": accuracy, "final_val_repeat_acc": accuracy,
                          "final_val_icl_acc": [0.2, accuracy, accuracy + 0.05],
@@ -79,8 +79,11 @@ def test_aggregate_and_curves_keep_curriculum_stages_apart():
     # other hypotheses stay at the plan's budget (10 epochs)
     both = pd.concat([runs, longer], ignore_index=True)
     labels = set(fsm.icl_curves(both)["label"])  # the two budgets' curves are not pooled
-    assert labels == {"small_lstm 5s5a after easy", "small_lstm 5s5a [T=32, N=100, 10 epochs]",
-                      "small_lstm 5s5a [T=32, N=100, 20 epochs]"}
+    assert labels == {"small_lstm 5s5a after easy", "small_lstm 5s5a [T=32, N=100 fresh per epoch, 10 epochs]",
+                      "small_lstm 5s5a [T=32, N=100 fresh per epoch, 20 epochs]"}
+    # nor are runs on one fixed set of walks pooled with runs on fresh walks
+    fixed_set = synthetic_runs({"small_lstm 5s5a": [0.3]}).assign(fresh_walks=False, run=98)
+    assert "small_lstm 5s5a [T=32, N=100, 10 epochs]" in set(fsm.icl_curves(pd.concat([runs, fixed_set]))["label"])
     table = fsm.hypotheses(both)
     assert table.iloc[-1]["B"] == "small_lstm 5s5a (20 epochs): 0.550 (n=1)"
     assert table.iloc[-1]["difference"] == pytest.approx(0.2)

@@ -92,6 +92,32 @@ def test_datasets_are_cached_by_their_parameters(tmp_path):
     assert len(list(tmp_path.iterdir())) == 2  # other parameters: another file
 
 
+def test_fresh_walks_are_new_machines_every_epoch_and_leave_the_fixed_set_as_it_was():
+    fixed = fsm.WalkSpec(5, 5, False, 16, 32, 3, "train")
+    # the fixed set's stream is the one it always had (seeded by [seed, split index] only)
+    rng = np.random.default_rng([3, 0])
+    assert np.array_equal(fsm.generate_walks(fixed).tables, rng.integers(0, 5, size=(32, 5, 5)))
+    draws = [fsm.generate_walks(fsm.WalkSpec(5, 5, False, 16, 32, 3, "train", draw)) for draw in (0, 1)]
+    assert not np.array_equal(draws[0].tables, draws[1].tables)
+    assert not np.array_equal(draws[0].tables, fsm.generate_walks(fixed).tables)
+    assert np.array_equal(draws[1].tables, fsm.generate_walks(fsm.WalkSpec(5, 5, False, 16, 32, 3, "train", 1)).tables)
+    assert fsm.WalkSpec(5, 5, False, 16, 32, 3, "train", 1).cache_name() != fixed.cache_name()
+
+    # train() asks for each epoch's walks and measures train.* on them
+    asked = []
+
+    def fresh(epoch):
+        asked.append(epoch)
+        return fsm.to_split(draws[epoch % 2], 8)
+
+    model = sequence_models.build_model("lstm", 16, 8, 8, 1, 32)
+    settings = fsm_train.TrainSettings(3, 16, 1e-3, 1.0, 0, 2, 0)
+    fixed_split = fsm.to_split(fsm.generate_walks(fixed), 8)
+    fsm_train.train(model, fixed_split, fixed_split, settings, torch.device("cpu"), lambda e, m: None,
+                    fresh_walks=fresh)
+    assert asked == [0, 1, 2]
+
+
 class ContextLookup(torch.nn.Module):
     """An exact in-context learner: the next state after the last earlier occurrence of the
     current (state, action) pair, state 0 when the pair is new."""
@@ -146,10 +172,10 @@ def test_named_configs_carry_the_plans_epochs_and_the_cpu_plan_its_own():
 
     for named, epochs in PLAN_EPOCHS.items():
         assert ex.run("print_config", named_configs=[named]).config["epochs"] == epochs, named
-        assert ex.run("print_config", named_configs=[named, "cpu"]).config["epochs"] == 10  # cpu, named last, wins
-    for point in sweeps.expand("fsm_icl", SWEEPS["plan_cpu"]):  # the variant comes after cpu: the sweep pins 10
-        assert ex.run("print_config", named_configs=list(point.named_configs),
-                      config_updates=point.updates).config["epochs"] == 10
+        assert ex.run("print_config", named_configs=[named, "cpu"]).config["epochs"] == 80  # cpu, named last, wins
+    for point in sweeps.expand("fsm_icl", SWEEPS["plan_cpu"]):  # each point: the model's named config, then cpu
+        config = ex.run("print_config", named_configs=list(point.named_configs), config_updates=point.updates).config
+        assert point.named_configs[-1] == "cpu" and config["epochs"] == 80 and config["fresh_walks"]
     assert set(PLAN_EPOCHS) == {p.named_configs[-1] for p in sweeps.expand("fsm_icl", SWEEPS["plan"])}
 
 

@@ -319,6 +319,9 @@ def test_points_are_variants_by_grid_by_seeds_with_stable_keys():
     assert [p.key for p in sweeps.expand("exp", spec)] == [p.key for p in points]  # a re-run finds its points
     assert sweeps.parse_value("1e-3") == 1e-3 and sweeps.parse_value("true") is True
     assert sweeps.parse_value("adamw") == "adamw"
+    # a variant may be several named configs, applied after the spec's in their order
+    listed = sweeps.expand("exp", {"variants": [["v1", "late"], "v2"], "named_configs": ["base"]})
+    assert [p.named_configs for p in listed] == [("base", "v1", "late"), ("base", "v2")]
 
 
 

@@ -57,11 +57,13 @@ class WalkSpec:
     n_sequences: int
     seed: int
     split: str = "train"  # train and val are independent draws from the same seed
+    draw: int | None = None  # fresh training walks: the epoch's own draw (None: the split's one fixed set)
 
     def cache_name(self) -> str:
         kind = "absorbing" if self.absorbing else "plain"
+        draw = "" if self.draw is None else f"_draw{self.draw}"
         return (f"fsm_{self.n_states}s{self.n_actions}a_{kind}_T{self.n_transitions}_N{self.n_sequences}"
-                f"_seed{self.seed}_{self.split}.npz")
+                f"_seed{self.seed}_{self.split}{draw}.npz")
 
 
 @dataclass
@@ -88,7 +90,10 @@ def generate_walks(spec: WalkSpec) -> Walks:
     if spec.split not in SPLITS:
         raise ValueError(f"split={spec.split!r}: use one of {', '.join(SPLITS)}")
     S, A, T, N = spec.n_states, spec.n_actions, spec.n_transitions, spec.n_sequences
-    rng = np.random.default_rng([spec.seed, SPLITS.index(spec.split)])
+    # a fixed set keeps the stream it always had; a draw appends 1 + draw (never 0: numpy's
+    # SeedSequence pads with zeros, so [seed, split, 0] would be the fixed set again)
+    draw = [] if spec.draw is None else [1 + spec.draw]
+    rng = np.random.default_rng([spec.seed, SPLITS.index(spec.split)] + draw)
     tables = rng.integers(0, S, size=(N, S, A))
     absorbing_state = np.full(N, NO_ABSORBER)
     rows = np.arange(N)

@@ -8,7 +8,9 @@ absorption; after it the next state is the current one).
 
 ``train`` runs epochs of shuffled minibatches with Adam and gradient-norm clipping (the
 vanilla RNNs need it), evaluating the same number of training and validation sequences
-after every epoch, with the parameters of that moment.
+after every epoch, with the parameters of that moment. The training walks are one fixed
+set, or (``fresh_walks``) drawn anew for every epoch, so no machine is seen twice and a
+model can only improve by learning the in-context algorithm, not the training set.
 
 ``fit_probes`` freezes a model, reads its hidden states at every action token of every
 layer, and trains one linear map per layer to decode (a) the current state and (b) every
@@ -83,16 +85,21 @@ def evaluate(model: nn.Module, split: Split, batch_size: int, max_repeats: int, 
 
 
 def train(model: nn.Module, train_split: Split, val_split: Split, settings: TrainSettings, device: torch.device,
-          on_epoch: Callable[[int, dict], None], start_epoch: int = 0, progress: Optional[bool] = None) -> dict:
+          on_epoch: Callable[[int, dict], None], start_epoch: int = 0, progress: Optional[bool] = None,
+          fresh_walks: Optional[Callable[[int], Split]] = None) -> dict:
     """Train for ``settings.epochs`` epochs; ``on_epoch(epoch, metrics)`` receives
     ``train.*`` and ``val.*`` metrics after each. Returns the last epoch's metrics.
-    ``progress``: draw a bar over epochs (None: only when stderr is a terminal)."""
+    ``progress``: draw a bar over epochs (None: only when stderr is a terminal).
+    ``fresh_walks(epoch)``: that epoch's training walks (``train.*`` is measured on them);
+    None: ``train_split`` every epoch."""
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     generator = torch.Generator().manual_seed(settings.seed)
     metrics: dict = {}
     for epoch in tqdm(range(start_epoch, start_epoch + settings.epochs), desc="epochs", leave=False,
                       disable=None if progress is None else not progress):
+        if fresh_walks is not None:
+            train_split = fresh_walks(epoch)
         order = torch.randperm(len(train_split), generator=generator)
         for start in range(0, len(order), settings.batch_size):
             batch = order[start:start + settings.batch_size]
