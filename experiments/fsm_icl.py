@@ -85,7 +85,7 @@ def cpu():
     """CPU-sized, to convergence: 32-step walks, 2000 fresh walks per epoch, 80 epochs of 63 steps."""
     n_transitions = 32
     train_sequences = 2000
-    fresh_walks = True  # 96 000 machines over the run: the models learn the algorithm, not a training set
+    fresh_walks = True  # 160 000 machines over the run: the models learn the algorithm, not a training set
     val_sequences = 500
     eval_sequences = 500
     epochs = 80  # 5040 steps: past the transformer's jump (~2900 steps) and the LSTM's slow rise (plateau in info)
