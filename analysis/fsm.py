@@ -4,6 +4,9 @@ one run, and the aggregate over seeds by configuration.
     from analysis import fsm
     table = fsm.aggregate("runs")               # one row per configuration, mean/std/CI
     curves = fsm.icl_curves("runs")             # the in-context curve per configuration
+    fsm.hypotheses("runs")                      # the plan's hypotheses, judged at convergence only
+    fsm.hypotheses_by_budget("runs", [10, 20, 40, 80])  # the same runs read after fewer epochs
+    fsm.budget_figure(fsm.learning_curves("runs"))      # repeated-pair accuracy against steps
 """
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ import pandas as pd
 
 from analysis.figures import plt  # matplotlib with the file-only backend
 from analysis.intervals import mean_ci, t_quantile_975
-from analysis.runs import runs_table
+from analysis.runs import metrics_table, runs_table
+from harness.plateau import plateau
 
 EXPERIMENT = "fsm_icl"
 
@@ -195,8 +199,11 @@ def plan_budget(table: pd.DataFrame) -> dict:
     fresh = table[table["init_from_dataset"].isna()] if "init_from_dataset" in table else table
     if fresh.empty:
         return {}
-    counts = fresh.groupby(BUDGET).size().sort_values(ascending=False)
-    return {key: (bool(v) if key == "fresh_walks" else int(v)) for key, v in zip(BUDGET, counts.index[0])}
+    # the budget with the most runs; between as many, the newest plan's (a re-sized plan
+    # replaces the old one once it has as many runs)
+    sizes = fresh.groupby(BUDGET).agg(runs=("run", "size"), newest=("run", "max"))
+    best = sizes.sort_values(["runs", "newest"], ascending=False).index[0]
+    return {key: (bool(v) if key == "fresh_walks" else int(v)) for key, v in zip(BUDGET, best)}
 
 
 def _row(aggregated: pd.DataFrame, label: str, budget: dict):
@@ -305,3 +312,79 @@ def _unfinished(row) -> str:
     if row.get("plateaued_runs", 0) == runs:
         return ""
     return f"{row['configuration']} {row['plateaued_runs']} of {runs} runs plateaued at {row['epochs']} epochs"
+
+
+# ------------------------------------------------------------------ how a verdict moves with budget
+CURVE_METRICS = {"val.acc": "final_val_acc", "val.repeat_acc": "final_val_repeat_acc"}
+BY_BUDGET = ("1 parameter fairness", "2 capacity vs architecture", "4 scaling to harder machines")
+
+
+def learning_curves(source_or_table, runs: pd.DataFrame | None = None, **filters) -> pd.DataFrame:
+    """The logged validation curves of the runs at the plan's budget that started afresh:
+    long frame run, configuration, seed, chance, metric (val.acc, val.repeat_acc), epoch, value."""
+    table = load(source_or_table, **filters) if runs is None else runs
+    budget = plan_budget(table)
+    if not budget:
+        return pd.DataFrame(columns=["run", "configuration", "seed", "chance", "metric", "epoch", "value"])
+    table = table[table["init_from_dataset"].isna()]
+    for key, value in budget.items():
+        table = table[table[key] == value]
+    points = metrics_table(source_or_table, metric=list(CURVE_METRICS), experiment=EXPERIMENT)
+    points = points[points["run"].isin(table["run"])].rename(columns={"step": "epoch"})
+    return points.merge(table[["run", "configuration", "seed", "chance"]], on="run")
+
+
+def hypotheses_by_budget(source, epochs: list, **filters) -> pd.DataFrame:
+    """The accuracy hypotheses (1, 2 and 4) as the same runs read after each of ``epochs``
+    epochs: every run's validation values at that epoch, and its plateau recomputed on its
+    curve up to there (``harness.plateau``), so a short budget reads "not converged" where the
+    curve was still rising. Columns: epochs and the ``hypotheses`` columns."""
+    table = load(source, **filters)
+    curves = learning_curves(source, runs=table)
+    rows = []
+    series = {run: {metric: (group["epoch"].tolist(), group["value"].tolist())
+                    for metric, group in points.sort_values("epoch").groupby("metric")}
+              for run, points in curves.groupby("run")}
+    plan_runs = table[table["run"].isin(series)].drop(columns=probe_columns(table)).to_dict("records")
+    for budget in epochs:
+        read = []
+        for run in plan_runs:
+            truncated = {metric: (steps[:budget], values[:budget])
+                         for metric, (steps, values) in series[run["run"]].items()}
+            steps = truncated.get("val.repeat_acc", ([], []))[0]
+            if not steps or steps[-1] != budget - 1:
+                continue  # this run has no measurement at that epoch
+            read.append({**run, **{column: truncated[metric][1][-1] for metric, column in CURVE_METRICS.items()},
+                         "epochs": budget, "plateau": plateau(truncated, "val.repeat_acc")})
+        if read:
+            judged = hypotheses(pd.DataFrame(read))
+            rows.append(judged[judged["hypothesis"].isin(BY_BUDGET)].assign(epochs=budget))
+    columns = ["epochs", "hypothesis", "claim", "metric", "A", "B", "difference", "ci95", "verdict"]
+    return pd.concat(rows, ignore_index=True)[columns] if rows else pd.DataFrame(columns=columns)
+
+
+def budget_figure(curves: pd.DataFrame, steps_per_epoch: int | None = None, title: str = ""):
+    """Accuracy on repeated pairs against training (epochs, or steps when ``steps_per_epoch``
+    is given) per configuration: mean and 95% band over seeds, chance dotted. Where two
+    curves cross, the verdict on that pair depends on the budget."""
+    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=110)
+    repeat = curves[curves["metric"] == "val.repeat_acc"]
+    scale = steps_per_epoch or 1
+    for k, (configuration, group) in enumerate(repeat.groupby("configuration", sort=True)):
+        by_epoch = group.groupby("epoch")["value"]
+        stats = pd.DataFrame([{"epoch": epoch, **dict(zip(("mean", "half", "n"), mean_ci(values)))}
+                              for epoch, values in by_epoch])
+        x = (stats["epoch"] + 1) * scale
+        ax.plot(x, stats["mean"], color=f"C{k % 10}", lw=1.4,
+                label=f"{configuration} (n={int(stats['n'].max())})")
+        ax.fill_between(x, stats["mean"] - stats["half"].fillna(0), stats["mean"] + stats["half"].fillna(0),
+                        color=f"C{k % 10}", alpha=0.15, lw=0)
+    for chance in sorted(set(repeat["chance"])):
+        ax.axhline(chance, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("training steps" if steps_per_epoch else "epochs")
+    ax.set_ylabel("validation accuracy on repeated pairs")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    return fig

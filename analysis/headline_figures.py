@@ -40,7 +40,9 @@ from observers.mongo import redact
 PHASE_SWEEPS = {f"phase_{name}_{kind}": diagram for kind in ("paper_split", "seeds")
                 for name, diagram in (("mse", "mse"), ("cross_entropy", "cross_entropy"),
                                       ("representation", "representation_lr"))}
-FLOW_SWEEPS = ("num_train", "num_train_recon")  # the second: --grid kind=recon --name num_train_recon
+# the flow comparison's sweeps, by preference: the first with runs is drawn ("converged": every
+# paradigm at 30000 epochs; "num_train_recon": num_train at 3000 epochs with --grid kind=recon)
+FLOW_SWEEPS = ("converged", "num_train", "num_train_recon")
 TWO_STAGE_VARIATION = ["input_dim", "input_cov", "hidden_sizes", "stage1_samples"]  # as notebooks/two_stage.ipynb
 
 
@@ -116,6 +118,26 @@ def fsm_icl(source):
                  used["run"].tolist(), fig)
 
 
+def fsm_budget(source):
+    runs = fsm.load(source)
+    curves = fsm.learning_curves(source, runs=runs)
+    if curves.empty:
+        yield Skip("fsm_budget.png", "no COMPLETED fsm_icl training runs: "
+                                     "python -m sweeps experiments/fsm_icl.py --sweep plan_cpu")
+        return
+    used = runs[runs["run"].isin(curves["run"])]
+    per_epoch = {-(-int(n) // int(b)) for n, b in used[["train_sequences", "batch_size"]].itertuples(index=False)}
+    budget = fsm.plan_budget(runs)
+    walks = f"{budget['train_sequences']} {'fresh ' if budget['fresh_walks'] else ''}walks of {budget['n_transitions']} steps"
+    fig = fsm.budget_figure(curves, per_epoch.pop() if len(per_epoch) == 1 else None,
+                            f"accuracy on repeated pairs during training: mean, 95% band over seeds "
+                            f"({len(used)} runs; {walks} per epoch, {budget['epochs']} epochs)")
+    yield Figure("fsm_budget.png", "repeated-pair accuracy against training steps per configuration (where "
+                 "curves cross, a verdict depends on the budget)", "fsm_icl",
+                 "the runs at the plan's budget (`analysis.fsm.plan_budget`) that started afresh",
+                 used["run"].tolist(), fig)
+
+
 def two_stage(source):
     runs = ts.completed_runs(source, by=TWO_STAGE_VARIATION)
     if runs.empty:
@@ -164,6 +186,8 @@ def flow_vs_regression(source):
     table = fvr.paradigm_table(source)
     runs = table[table["sweep"].isin(FLOW_SWEEPS)] if not table.empty else table
     runs = runs[runs["network.architecture"] == "concat"] if not runs.empty else runs
+    if not runs.empty:  # one sweep: the first of FLOW_SWEEPS that has runs
+        runs = runs[runs["sweep"] == next(name for name in FLOW_SWEEPS if name in set(runs["sweep"]))]
     if runs.empty:
         yield Skip("flow_vs_regression_*.png", "no COMPLETED runs of sweep num_train: "
                                                "python -m sweeps experiments/flow_vs_regression.py --sweep num_train")
@@ -204,7 +228,7 @@ def transformer_grokking(source, named_config="cpu_grokking"):
                  "grokking_transformer", f"every COMPLETED run `with {named_config}`", [r.id for r in runs], fig)
 
 
-FIGURES = {"grokking": grokking, "critical_fraction": critical_fraction, "fsm_icl": fsm_icl,
+FIGURES = {"grokking": grokking, "critical_fraction": critical_fraction, "fsm_icl": fsm_icl, "fsm_budget": fsm_budget,
            "two_stage": two_stage, "list_ops": list_ops, "flow_vs_regression": flow_vs_regression,
            "grokking_transformer": transformer_grokking}
 

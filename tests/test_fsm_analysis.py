@@ -113,3 +113,34 @@ def test_the_notebook_answers_from_runs_in_a_temporary_directory(tmp_path, monke
     assert "parameter fairness" in text and "no runs" in text  # the rows without runs say so
     assert not any(output.get("output_type") == "error" for cell in notebook.cells if cell.cell_type == "code"
                    for output in cell.outputs)
+
+
+def test_a_short_budget_reads_not_converged_and_the_full_budget_gives_the_final_verdict(tmp_path):
+    """Real runs (CI-sized): the hypotheses read after fewer epochs use each run's logged
+    curve up to there and recompute the plateau there; 2 epochs are fewer than the rule's 5
+    measurements, so every comparison is "not converged"; at the runs' own budget the table is
+    the final one (same values, same plateau records as the runs' info)."""
+    from experiments.fsm_icl import ex
+
+    tiny = {"n_transitions": 12, "train_sequences": 48, "val_sequences": 32, "eval_sequences": 0, "epochs": 6,
+            "batch_size": 16, "data_dir": str(tmp_path / "data")}
+    runs_dir = os.environ["TOYLAB_RUNS_DIR"]  # conftest: this test's own directory
+    for seed in range(2):
+        for named in ("small_lstm_5s5a", "vanilla_rnn_5s5a"):
+            ex.run(named_configs=[named], config_updates={**tiny, "seed": seed})
+    gating = "gating beats 4x the parameters: small LSTM (68K) > vanilla RNN (270K)"
+    final = fsm.hypotheses(runs_dir).set_index("claim").loc[gating]
+    by_budget = fsm.hypotheses_by_budget(runs_dir, [2, 6, 7])
+    short = by_budget[(by_budget["epochs"] == 2) & (by_budget["claim"] == gating)].iloc[0]
+    assert short["verdict"] == ("not converged: small_lstm 5s5a 0 of 2 runs plateaued at 2 epochs; "
+                                "vanilla_rnn 5s5a 0 of 2 runs plateaued at 2 epochs")
+    full = by_budget[(by_budget["epochs"] == 6) & (by_budget["claim"] == gating)].iloc[0]
+    assert full["verdict"] == final["verdict"] and full["difference"] == pytest.approx(final["difference"])
+    assert full["A"] == final["A"] and full["B"] == final["B"]
+    assert set(by_budget["epochs"]) == {2, 6}  # no run has a 7th epoch: that budget has no rows
+    curves = fsm.learning_curves(runs_dir)
+    assert sorted(set(curves["configuration"])) == ["small_lstm 5s5a", "vanilla_rnn 5s5a"]
+    assert len(curves[curves["metric"] == "val.repeat_acc"]) == 4 * 6
+    figure = fsm.budget_figure(curves, steps_per_epoch=3)
+    lines = [line for line in figure.axes[0].lines if "5s5a" in line.get_label()]  # not the chance line
+    assert len(lines) == 2 and lines[0].get_xdata()[-1] == 18  # 6 epochs of 3 steps

@@ -16,7 +16,8 @@ FLOW = str(REPO / "experiments" / "flow_vs_regression.py")
 MSE_LRS = [SWEEPS["phase_mse_paper_split"]["grid"]["decoder_lr"][k] for k in (5, 8)]
 FSM_TINY = {"n_transitions": 12, "train_sequences": 64, "val_sequences": 32, "eval_sequences": 0, "epochs": 2,
             "batch_size": 16, "d_model": 16, "probe_sequences": 16, "probe_epochs": 0}
-ALL = ["critical_fraction.png", "flow_vs_regression_recon.png", "fsm_icl.png", "grokking_transformer_cpu.png",
+ALL = ["critical_fraction.png", "flow_vs_regression_recon.png", "fsm_budget.png", "fsm_icl.png",
+       "grokking_transformer_cpu.png",
        "list_ops_accuracy.png", "list_ops_attention.png", "phase_mse_paper_split.png", "two_stage.png"]
 
 
@@ -45,6 +46,10 @@ def runs(tmp_path_factory):
     ids["flow_vs_regression"] = sweep(FLOW, "num_train", {
         "grid": {"dataset.num_train": [10, 20]}, "named_configs": ["quick"],
         "variants": ["regression", "flow_gaussian"], "config": {"training.num_epochs": 100}, "seeds": 1}, store)
+    # a "converged" sweep is preferred to num_train when both are stored
+    ids["flow_converged"] = sweep(FLOW, "converged", {
+        "grid": {"dataset.num_train": [10]}, "named_configs": ["quick"],
+        "variants": ["regression", "flow_gaussian"], "config": {"training.num_epochs": 120}, "seeds": 1}, store)
     with pytest.MonkeyPatch.context() as env:  # plain runs, recorded where the sweeps recorded theirs
         env.setenv("TOYLAB_RUNS_DIR", str(root))
         from experiments.fsm_icl import ex as fsm_icl
@@ -109,15 +114,15 @@ def test_every_figure_is_written_from_the_runs_it_names(runs, drawn):
     assert sorted(rows) == ALL
     expected = {"phase_mse_paper_split.png": ids["phase_mse_paper_split"],
                 "critical_fraction.png": ids["fraction_scan"],
-                "flow_vs_regression_recon.png": ids["flow_vs_regression"],
-                "two_stage.png": ids["two_stage"], "fsm_icl.png": ids["fsm_icl"],
+                "flow_vs_regression_recon.png": ids["flow_converged"],
+                "two_stage.png": ids["two_stage"], "fsm_icl.png": ids["fsm_icl"], "fsm_budget.png": ids["fsm_icl"],
                 "list_ops_accuracy.png": ids["list_ops"], "list_ops_attention.png": ids["list_ops"],
                 "grokking_transformer_cpu.png": ids["grokking_transformer"]}
     for name, run_ids in expected.items():
         assert rows[name]["ids"] == set(run_ids) and rows[name]["count"] == len(run_ids), name
         assert rows[name]["source"] == f"`{root}`"
     assert "sweep `phase_mse_paper_split`" in rows["phase_mse_paper_split.png"]["row"]
-    assert "sweep `num_train`" in rows["flow_vs_regression_recon.png"]["row"]
+    assert "sweep `converged`" in rows["flow_vs_regression_recon.png"]["row"]
     # the attention maps are not stored as data: the run's own artifact, byte for byte, and SOURCES.md says so
     [list_run] = ids["list_ops"]
     assert (out / "list_ops_attention.png").read_bytes() == (root / str(list_run) / "attention_First.png").read_bytes()
