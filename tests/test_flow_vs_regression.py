@@ -356,6 +356,17 @@ def test_analysis_compares_paradigms_with_intervals(runs):
         assert row["final_eval_l2.high"] - row["final_eval_l2.mean"] == pytest.approx(half)
     paired = fvr.paired_difference(table, "final_eval_l2", "flow (gaussian)", "regression")
     assert set(paired["kind"]) == set(KINDS) and (paired["difference.n"] + paired["diverged"] == len(SEEDS)).all()
+    # a comparison is a finding only when both runs of every pair plateaued (as their info records)
+    recorded = {(r["kind"], r["paradigm"], r["seed"]): r["plateau"]["plateaued"] for r in table.to_dict("records")}
+    for row in paired.to_dict("records"):
+        both = sum(recorded[row["kind"], "flow (gaussian)", seed] and recorded[row["kind"], "regression", seed]
+                   for seed in SEEDS)
+        assert row["plateaued"] == both
+        assert row["verdict"].startswith("not converged") == (both < row["difference.n"])
+    unfinished = fvr.paired_difference(table.assign(plateaued=False), "final_eval_l2", "flow (gaussian)", "regression")
+    assert (unfinished["verdict"] == [f"not converged: 0 of {n} pairs plateaued" for n in unfinished["difference.n"]]).all()
+    finished = fvr.paired_difference(table.assign(plateaued=True), "final_eval_l2", "flow (gaussian)", "regression")
+    assert set(finished["verdict"]) <= {"flow (gaussian) lower", "regression lower", "no difference"}
     # a diverged run (an overflowed integration) is counted, not averaged
     blown = table.assign(final_eval_l2=table["final_eval_l2"].where(table["paradigm"] != "flow (zeros)", 1e40))
     blown["diverged"] = fvr.diverged(blown["final_eval_l2"])
