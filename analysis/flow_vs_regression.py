@@ -19,7 +19,7 @@ import torch
 
 from analysis.figures import plt
 from analysis.intervals import mean_ci
-from analysis.runs import metrics_table, runs_table
+from analysis.runs import metrics_table, plateaued, runs_table
 
 __all__ = ["EXPERIMENT", "mean_ci", "paradigm_table", "summarise", "paired_difference", "integration_table",
            "plot_against_samples"]
@@ -47,14 +47,6 @@ def paradigm_table(source, **config_filters) -> pd.DataFrame:
     table["diverged"] = diverged(table["final_eval_l2"])
     table["plateaued"] = plateaued(table)
     return table
-
-
-def plateaued(table: pd.DataFrame) -> pd.Series:
-    """Per run: did its eval error plateau (``harness.plateau``'s record in the run's info)?
-    A run without a record (recorded before the rule existed) has not shown that it did."""
-    records = table["plateau"] if "plateau" in table else pd.Series([None] * len(table), index=table.index)
-    return pd.Series([isinstance(r, dict) and bool(r.get("plateaued")) for r in records], index=table.index,
-                     dtype=bool)
 
 
 def diverged(l2: pd.Series) -> pd.Series:
@@ -94,7 +86,7 @@ def paired_difference(table: pd.DataFrame, metric: str, first: str, second: str,
     by = [column for column in by if column in table.columns] or ["kind"]
     keys = by + ["seed"]
     columns = [metric, "diverged", "plateaued"]
-    table = table.assign(plateaued=table["plateaued"] if "plateaued" in table else False)
+    table = table.assign(plateaued=table["plateaued"] if "plateaued" in table else plateaued(table))
     a = table[table["paradigm"] == first].set_index(keys)[columns]
     b = table[table["paradigm"] == second].set_index(keys)[columns]
     joined = a.add_suffix(".first").join(b.add_suffix(".second"), how="inner").reset_index()
@@ -109,7 +101,9 @@ def paired_difference(table: pd.DataFrame, metric: str, first: str, second: str,
 def _verdict(row: dict, first: str, second: str) -> str:
     """A comparison is a finding only when both sides of every pair finished learning."""
     n = row["difference.n"]
-    if row["plateaued"] < n or not n:
+    if not n:
+        return f"no pairs ({row['diverged']} diverged)"
+    if row["plateaued"] < n:
         return f"not converged: {row['plateaued']} of {n} pairs plateaued"
     if n < 2:
         return "one seed: no interval"

@@ -17,8 +17,8 @@ import pandas as pd
 
 from analysis.figures import plt  # matplotlib with the file-only backend
 from analysis.intervals import mean_ci, t_quantile_975
-from analysis.runs import metrics_table, runs_table
-from harness.plateau import plateau
+from analysis.runs import metrics_table, plateaued, runs_table
+from harness.plateau import WINDOW, plateau
 
 EXPERIMENT = "fsm_icl"
 
@@ -128,14 +128,6 @@ def load(source, **filters) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def plateaued(table: pd.DataFrame) -> pd.Series:
-    """Per run: did it finish learning (``harness.plateau``'s record in the run's info)? A run
-    without a record (recorded before the rule existed) has not shown that it did."""
-    records = table["plateau"] if "plateau" in table else pd.Series([None] * len(table), index=table.index)
-    return pd.Series([bool(r.get("plateaued")) if isinstance(r, dict) else False for r in records],
-                     index=table.index, dtype=bool)
-
-
 def aggregate(source_or_table, metrics: list | None = None, **filters) -> pd.DataFrame:
     """One row per configuration (all seeds together): for each metric its mean, std, n
     and 95% interval half-width (``<metric>_mean``, ``_std``, ``_n``, ``_ci95``), plus the
@@ -160,7 +152,7 @@ def icl_curves(source_or_table, **filters) -> pd.DataFrame:
     """The final in-context curve per configuration and budget: accuracy by earlier
     occurrences of the (state, action) pair (the last bucket: that many or more), mean /
     std / 95% CI over seeds. Long frame: label, configuration, n_transitions,
-    train_sequences, epochs, repeats, mean, std, n, ci95; the label is the configuration,
+    train_sequences, fresh_walks, epochs, repeats, mean, std, n, ci95; the label is the configuration,
     with its budget when the same configuration was run at several."""
     table = source_or_table if isinstance(source_or_table, pd.DataFrame) else load(source_or_table, **filters)
     columns = ["label", "configuration", *BUDGET, "repeats", "mean", "std", "n", "ci95"]
@@ -193,15 +185,18 @@ def format_interval(row, metric: str, digits: int = 3) -> str:
 
 # ------------------------------------------------------------------ the plan's five hypotheses
 def plan_budget(table: pd.DataFrame) -> dict:
-    """The most common (n_transitions, train_sequences, epochs) among runs that started
-    afresh: the budget the hypotheses compare models at (so CPU-sized and full-size runs,
-    or a longer curriculum control, are never compared with each other)."""
+    """The most common budget (``BUDGET``: n_transitions, train_sequences, fresh_walks,
+    epochs) among runs that started afresh, the newest between as many: the budget the
+    hypotheses compare models at (so CPU-sized and full-size runs, or a longer curriculum
+    control, are never compared with each other). To read one plan among older runs, load
+    with a filter (``fsm.load(source, fresh_walks=True)``)."""
     fresh = table[table["init_from_dataset"].isna()] if "init_from_dataset" in table else table
     if fresh.empty:
         return {}
     # the budget with the most runs; between as many, the newest plan's (a re-sized plan
-    # replaces the old one once it has as many runs)
-    sizes = fresh.groupby(BUDGET).agg(runs=("run", "size"), newest=("run", "max"))
+    # replaces the old one once it has as many runs; run ids are not comparable across stores)
+    newest = pd.to_datetime(fresh["start_time"]) if "start_time" in fresh else fresh["run"]
+    sizes = fresh.assign(newest=newest).groupby(BUDGET).agg(runs=("run", "size"), newest=("newest", "max"))
     best = sizes.sort_values(["runs", "newest"], ascending=False).index[0]
     return {key: (bool(v) if key == "fresh_walks" else int(v)) for key, v in zip(BUDGET, best)}
 
@@ -319,43 +314,54 @@ CURVE_METRICS = {"val.acc": "final_val_acc", "val.repeat_acc": "final_val_repeat
 BY_BUDGET = ("1 parameter fairness", "2 capacity vs architecture", "4 scaling to harder machines")
 
 
-def learning_curves(source_or_table, runs: pd.DataFrame | None = None, **filters) -> pd.DataFrame:
-    """The logged validation curves of the runs at the plan's budget that started afresh:
-    long frame run, configuration, seed, chance, metric (val.acc, val.repeat_acc), epoch, value."""
-    table = load(source_or_table, **filters) if runs is None else runs
+def learning_curves(source, runs: pd.DataFrame | None = None, **filters) -> pd.DataFrame:
+    """The logged validation curves of the runs at the plan's budget that started afresh
+    (``runs``: a ``load`` table already read from ``source``): long frame run, configuration,
+    seed, chance, metric (val.acc, val.repeat_acc), epoch, value."""
+    table = load(source, **filters) if runs is None else runs
     budget = plan_budget(table)
     if not budget:
         return pd.DataFrame(columns=["run", "configuration", "seed", "chance", "metric", "epoch", "value"])
     table = table[table["init_from_dataset"].isna()]
     for key, value in budget.items():
         table = table[table[key] == value]
-    points = metrics_table(source_or_table, metric=list(CURVE_METRICS), experiment=EXPERIMENT)
+    points = metrics_table(source, metric=list(CURVE_METRICS), experiment=EXPERIMENT, **filters)
     points = points[points["run"].isin(table["run"])].rename(columns={"step": "epoch"})
     return points.merge(table[["run", "configuration", "seed", "chance"]], on="run")
 
 
+def steps_per_epoch(runs: pd.DataFrame) -> int | None:
+    """Training steps per epoch of these runs (walks / batch size), None when they differ."""
+    steps = {-(-int(n) // int(b)) for n, b in runs[["train_sequences", "batch_size"]].itertuples(index=False)}
+    return steps.pop() if len(steps) == 1 else None
+
+
 def hypotheses_by_budget(source, epochs: list, **filters) -> pd.DataFrame:
     """The accuracy hypotheses (1, 2 and 4) as the same runs read after each of ``epochs``
-    epochs: every run's validation values at that epoch, and its plateau recomputed on its
-    curve up to there (``harness.plateau``), so a short budget reads "not converged" where the
-    curve was still rising. Columns: epochs and the ``hypotheses`` columns."""
+    epochs: every run's validation values at that epoch, and its own plateau rule (the
+    metric, tolerance and window of its ``plateau`` record) recomputed on its curve up to
+    there, so a short budget reads "not converged" where the curve was still rising. A run
+    without a measurement at that epoch is left out there. Columns: epochs and the
+    ``hypotheses`` columns."""
     table = load(source, **filters)
-    curves = learning_curves(source, runs=table)
-    rows = []
+    curves = learning_curves(source, runs=table, **filters)
     series = {run: {metric: (group["epoch"].tolist(), group["value"].tolist())
                     for metric, group in points.sort_values("epoch").groupby("metric")}
               for run, points in curves.groupby("run")}
     plan_runs = table[table["run"].isin(series)].drop(columns=probe_columns(table)).to_dict("records")
+    rows = []
     for budget in epochs:
         read = []
         for run in plan_runs:
-            truncated = {metric: (steps[:budget], values[:budget])
-                         for metric, (steps, values) in series[run["run"]].items()}
-            steps = truncated.get("val.repeat_acc", ([], []))[0]
-            if not steps or steps[-1] != budget - 1:
-                continue  # this run has no measurement at that epoch
+            truncated = {metric: tuple(map(list, zip(*[(e, v) for e, v in zip(*curve) if e < budget]))) or ([], [])
+                         for metric, curve in series[run["run"]].items()}
+            if any(not steps or steps[-1] != budget - 1 for steps, _ in truncated.values()):
+                continue  # no measurement at that epoch
+            rule = run["plateau"] if isinstance(run.get("plateau"), dict) else {}
+            record = plateau(truncated, rule.get("metric", "val.repeat_acc"), tolerance=rule.get("tolerance"),
+                             window=rule.get("window", WINDOW))
             read.append({**run, **{column: truncated[metric][1][-1] for metric, column in CURVE_METRICS.items()},
-                         "epochs": budget, "plateau": plateau(truncated, "val.repeat_acc")})
+                         "epochs": budget, "plateau": record})
         if read:
             judged = hypotheses(pd.DataFrame(read))
             rows.append(judged[judged["hypothesis"].isin(BY_BUDGET)].assign(epochs=budget))

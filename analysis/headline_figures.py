@@ -126,10 +126,9 @@ def fsm_budget(source):
                                      "python -m sweeps experiments/fsm_icl.py --sweep plan_cpu")
         return
     used = runs[runs["run"].isin(curves["run"])]
-    per_epoch = {-(-int(n) // int(b)) for n, b in used[["train_sequences", "batch_size"]].itertuples(index=False)}
     budget = fsm.plan_budget(runs)
     walks = f"{budget['train_sequences']} {'fresh ' if budget['fresh_walks'] else ''}walks of {budget['n_transitions']} steps"
-    fig = fsm.budget_figure(curves, per_epoch.pop() if len(per_epoch) == 1 else None,
+    fig = fsm.budget_figure(curves, fsm.steps_per_epoch(used),
                             f"accuracy on repeated pairs during training: mean, 95% band over seeds "
                             f"({len(used)} runs; {walks} per epoch, {budget['epochs']} epochs)")
     yield Figure("fsm_budget.png", "repeated-pair accuracy against training steps per configuration (where "
@@ -189,8 +188,8 @@ def flow_vs_regression(source):
     if not runs.empty:  # one sweep: the first of FLOW_SWEEPS that has runs
         runs = runs[runs["sweep"] == next(name for name in FLOW_SWEEPS if name in set(runs["sweep"]))]
     if runs.empty:
-        yield Skip("flow_vs_regression_*.png", "no COMPLETED runs of sweep num_train: "
-                                               "python -m sweeps experiments/flow_vs_regression.py --sweep num_train")
+        yield Skip("flow_vs_regression_*.png", "no COMPLETED runs of sweep converged or num_train: "
+                                               "python -m sweeps experiments/flow_vs_regression.py --sweep converged")
         return
     errors = fvr.summarise(runs, ["kind", "paradigm", "dataset.num_train"], ["final_eval_l2"])
     for kind, group in errors.groupby("kind"):

@@ -262,6 +262,14 @@ def metrics_table(source, metric: Optional[str | list] = None, experiment: Optio
     return pd.concat(frames, ignore_index=True)
 
 
+def plateaued(table: pd.DataFrame) -> pd.Series:
+    """Per run: did it finish learning (the ``plateau`` record ``harness.plateau`` leaves in a
+    run's info)? A run without a record (recorded before the rule existed) has not shown that it did."""
+    records = table["plateau"] if "plateau" in table else pd.Series([None] * len(table), index=table.index)
+    return pd.Series([isinstance(r, dict) and bool(r.get("plateaued")) for r in records], index=table.index,
+                     dtype=bool)
+
+
 def sweep_runs(source, sweep: str, experiment: str | None = None, db_name: str | None = None,
                **config_filters) -> pd.DataFrame:
     """The COMPLETED runs of one sweep (``meta.sweep``): runs_table rows, from a file-storage

@@ -345,6 +345,7 @@ def main(_run, _config, kind, init_from, epochs, probe_epochs, n_states, num_lay
          torch_threads):
     torch.set_num_threads(torch_threads)
     device = select_device(device)
+    # with fresh_walks the fixed training set is still built: the probes fit on it
     train_split, val_split = build_split("train"), build_split("val")
     model = build_model()
     n_parameters = sequence_models.n_parameters(model)

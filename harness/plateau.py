@@ -31,6 +31,8 @@ def plateau(curves: dict, metric: str, higher_is_better: bool = True, tolerance:
     ``scale`` (errors only): the trivial predictor's error; a gain below ``tolerance`` times
     it also counts. Returns what the run's info records: the rule, the window, the gain and
     ``plateaued``."""
+    if scale is not None and higher_is_better:
+        raise ValueError("scale is for errors (higher_is_better=False): an accuracy's scale is 1")
     if tolerance is None:
         tolerance = ACCURACY_TOLERANCE if higher_is_better else ERROR_TOLERANCE
     steps, values = curves.get(metric, ([], []))

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import harness
 from analysis import fsm
 from conftest import REPO
 
@@ -130,14 +131,29 @@ def test_a_short_budget_reads_not_converged_and_the_full_budget_gives_the_final_
             ex.run(named_configs=[named], config_updates={**tiny, "seed": seed})
     gating = "gating beats 4x the parameters: small LSTM (68K) > vanilla RNN (270K)"
     final = fsm.hypotheses(runs_dir).set_index("claim").loc[gating]
-    by_budget = fsm.hypotheses_by_budget(runs_dir, [2, 6, 7])
+    by_budget = fsm.hypotheses_by_budget(runs_dir, [2, 5, 6, 7])
     short = by_budget[(by_budget["epochs"] == 2) & (by_budget["claim"] == gating)].iloc[0]
     assert short["verdict"] == ("not converged: small_lstm 5s5a 0 of 2 runs plateaued at 2 epochs; "
                                 "vanilla_rnn 5s5a 0 of 2 runs plateaued at 2 epochs")
+    # at 5 of 6 epochs: each run's values at epoch index 4 and its plateau rule on the curve cut there
+    table = fsm.load(runs_dir)
+    points = fsm.learning_curves(runs_dir)
+    five = []
+    for run in table.to_dict("records"):
+        mine = points[(points["run"] == run["run"]) & (points["epoch"] < 5)].sort_values("epoch")
+        curve = mine[mine["metric"] == "val.repeat_acc"]
+        five.append({**run, "final_val_repeat_acc": curve["value"].iloc[-1], "epochs": 5,
+                     "final_val_acc": mine[mine["metric"] == "val.acc"]["value"].iloc[-1],
+                     "plateau": harness.plateau({"val.repeat_acc": (curve["epoch"].tolist(), curve["value"].tolist())},
+                                                "val.repeat_acc")})
+    expected = fsm.hypotheses(pd.DataFrame(five)).set_index("claim").loc[gating]
+    at_five = by_budget[(by_budget["epochs"] == 5) & (by_budget["claim"] == gating)].iloc[0]
+    assert at_five["verdict"] == expected["verdict"] and at_five["difference"] == pytest.approx(expected["difference"])
+    assert at_five["difference"] != pytest.approx(final["difference"])  # the values are epoch 5's, not the final ones
     full = by_budget[(by_budget["epochs"] == 6) & (by_budget["claim"] == gating)].iloc[0]
     assert full["verdict"] == final["verdict"] and full["difference"] == pytest.approx(final["difference"])
     assert full["A"] == final["A"] and full["B"] == final["B"]
-    assert set(by_budget["epochs"]) == {2, 6}  # no run has a 7th epoch: that budget has no rows
+    assert set(by_budget["epochs"]) == {2, 5, 6}  # no run has a 7th epoch: that budget has no rows
     curves = fsm.learning_curves(runs_dir)
     assert sorted(set(curves["configuration"])) == ["small_lstm 5s5a", "vanilla_rnn 5s5a"]
     assert len(curves[curves["metric"] == "val.repeat_acc"]) == 4 * 6

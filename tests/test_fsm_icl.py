@@ -118,6 +118,21 @@ def test_fresh_walks_are_new_machines_every_epoch_and_leave_the_fixed_set_as_it_
     assert asked == [0, 1, 2]
 
 
+def test_a_run_on_fresh_walks_trains_on_new_machines_and_caches_only_the_fixed_sets(tmp_path):
+    from experiments.fsm_icl import ex
+
+    data_dir = tmp_path / "data"
+    tiny = {"n_transitions": 8, "train_sequences": 32, "val_sequences": 16, "eval_sequences": 0, "epochs": 3,
+            "batch_size": 16, "d_model": 8, "data_dir": str(data_dir), "fresh_walks": True}
+    run = ex.run(named_configs=["small_lstm_5s5a"], config_updates=tiny)
+    assert run.status == "COMPLETED" and run.config["fresh_walks"] is True
+    # the fixed training set (the probes' walks) and the validation set are cached; the draws are not
+    assert sorted(p.name for p in data_dir.iterdir()) == sorted(
+        fsm.WalkSpec(5, 5, False, 8, n, 0, split).cache_name() for n, split in ((32, "train"), (16, "val")))
+    with pytest.raises(Exception, match="fresh_walks=1 is not allowed: use true or false"):
+        ex.run(named_configs=["small_lstm_5s5a"], config_updates={**tiny, "fresh_walks": 1})
+
+
 class ContextLookup(torch.nn.Module):
     """An exact in-context learner: the next state after the last earlier occurrence of the
     current (state, action) pair, state 0 when the pair is new."""

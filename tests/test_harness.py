@@ -149,3 +149,5 @@ def test_plateau_rule_on_known_curves():
     assert scaled["plateaued"] and scaled["gain"] == pytest.approx(0.5) and scaled["scale"] == pytest.approx(1 / 6)
     assert "0.00167 absolute" in scaled["rule"]
     assert not harness.plateau(falling, "l2", higher_is_better=False, scale=0.05)["plateaued"]  # 0.001 > 5e-4
+    with pytest.raises(ValueError, match="scale is for errors"):
+        harness.plateau(flat, "acc", scale=1.0)
