@@ -81,8 +81,8 @@ def paired_difference(table: pd.DataFrame, metric: str, first: str, second: str,
     (hence the target function and training conditions) and ``by``: columns difference.mean,
     .low, .high, .n per group, ``diverged`` (pairs left out), ``plateaued`` (pairs whose two
     runs both finished learning) and ``verdict``: "not converged: k of n pairs plateaued"
-    unless every pair did, else which paradigm is lower (the interval excludes 0) or "no
-    difference". The pairing removes the spread between target functions."""
+    unless every pair did, else which paradigm is lower (the interval excludes 0) or
+    "inconclusive"; "no pairs (k diverged)" when none is left. The pairing removes the spread between target functions."""
     by = [column for column in by if column in table.columns] or ["kind"]
     keys = by + ["seed"]
     columns = [metric, "diverged", "plateaued"]
@@ -111,7 +111,7 @@ def _verdict(row: dict, first: str, second: str) -> str:
         return f"{first} lower"
     if row["difference.low"] > 0:
         return f"{second} lower"
-    return "no difference"
+    return "inconclusive"  # the interval includes 0
 
 
 def integration_table(source, **config_filters) -> pd.DataFrame:
