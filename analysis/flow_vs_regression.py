@@ -76,7 +76,8 @@ def summarise(table: pd.DataFrame, by: list, metrics: list) -> pd.DataFrame:
 
 
 def paired_difference(table: pd.DataFrame, metric: str, first: str, second: str,
-                      by: tuple = ("kind", "dataset.num_train", "network.architecture")) -> pd.DataFrame:
+                      by: tuple = ("kind", "dataset.num_train", "network.architecture", "training.num_epochs")
+                      ) -> pd.DataFrame:
     """metric(first) - metric(second) for runs of the two paradigms that share the seed
     (hence the target function and training conditions) and ``by``: columns difference.mean,
     .low, .high, .n per group, ``diverged`` (pairs left out), ``plateaued`` (pairs whose two

@@ -10,6 +10,7 @@ import math
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -366,6 +367,10 @@ def test_analysis_compares_paradigms_with_intervals(runs):
     unfinished = fvr.paired_difference(table.assign(plateaued=False), "final_eval_l2", "flow (gaussian)", "regression")
     assert (unfinished["verdict"] == [f"not converged: 0 of {n} pairs plateaued" for n in unfinished["difference.n"]]).all()
     finished = fvr.paired_difference(table.assign(plateaued=True), "final_eval_l2", "flow (gaussian)", "regression")
+    # two budgets of the same points are two comparisons, never pairs across budgets
+    longer = table.assign(**{"training.num_epochs": table["training.num_epochs"] * 10, "run": table["run"] + 1000})
+    both = fvr.paired_difference(pd.concat([table, longer]), "final_eval_l2", "flow (gaussian)", "regression")
+    assert len(both) == 2 * len(paired) and (both["difference.n"] + both["diverged"] == len(SEEDS)).all()
     assert set(finished["verdict"]) <= {"flow (gaussian) lower", "regression lower", "inconclusive"}
     # a diverged run (an overflowed integration) is counted, not averaged
     blown = table.assign(final_eval_l2=table["final_eval_l2"].where(table["paradigm"] != "flow (zeros)", 1e40))
