@@ -186,10 +186,10 @@ def format_interval(row, metric: str, digits: int = 3) -> str:
 # ------------------------------------------------------------------ the plan's five hypotheses
 def plan_budget(table: pd.DataFrame) -> dict:
     """The most common budget (``BUDGET``: n_transitions, train_sequences, fresh_walks,
-    epochs) among runs that started afresh, the newest between as many: the budget the
-    hypotheses compare models at (so CPU-sized and full-size runs, or a longer curriculum
-    control, are never compared with each other). To read one plan among older runs, load
-    with a filter (``fsm.load(source, fresh_walks=True)``)."""
+    epochs) among runs that started afresh, the newest between as many. Its walks (``WALKS``)
+    are the plan's: the hypotheses compare models on them only, each at the longest budget it
+    was trained for (so CPU-sized and full-size runs are never compared with each other). To
+    read one plan among older runs, load with a filter (``fsm.load(source, fresh_walks=True)``)."""
     fresh = table[table["init_from_dataset"].isna()] if "init_from_dataset" in table else table
     if fresh.empty:
         return {}
@@ -199,6 +199,19 @@ def plan_budget(table: pd.DataFrame) -> dict:
     sizes = fresh.assign(newest=newest).groupby(BUDGET).agg(runs=("run", "size"), newest=("newest", "max"))
     best = sizes.sort_values(["runs", "newest"], ascending=False).index[0]
     return {key: (bool(v) if key == "fresh_walks" else int(v)) for key, v in zip(BUDGET, best)}
+
+
+WALKS = ["n_transitions", "train_sequences", "fresh_walks"]  # a budget without its epochs
+
+
+def _longest(aggregated: pd.DataFrame, label: str, walks: dict):
+    """The aggregate row of configuration ``label`` at ``walks`` with the most epochs, or None:
+    each model is judged at the longest budget it was trained for (the plan doubles a
+    configuration's epochs until its runs plateau)."""
+    rows = aggregated[aggregated["configuration"] == label]
+    for key, value in walks.items():
+        rows = rows[rows[key] == value]
+    return None if rows.empty else rows.sort_values("epochs").iloc[-1]
 
 
 def _row(aggregated: pd.DataFrame, label: str, budget: dict):
@@ -247,24 +260,21 @@ def hypotheses(source_or_table, **filters) -> pd.DataFrame:
         aggregated = pd.DataFrame(columns=["configuration", "epochs", "final_val_acc_n"])
 
     budget = plan_budget(table)
+    walks = {key: budget[key] for key in WALKS} if budget else {}
 
     def row(label):
-        return _row(aggregated, label, budget)
+        return _longest(aggregated, label, walks) if walks else None
 
     def side(r, metric):
         return "no runs" if r is None else f"{r['configuration']} ({r['epochs']} epochs): {format_interval(r, metric)}"
 
     lstm = row("lstm 5s5a")
     last_layer = f"probe_table_acc_layer{2}"  # the plan's LSTMs have 2 layers: layer 2 is the top one
-    # curriculum: easy -> 5s5a at the plan's budget per stage, against 5s5a from scratch with
-    # the most epochs stored at the same walks (the fair control has both stages' epochs)
+    # curriculum: easy -> 5s5a (two stages of E epochs), against 5s5a from scratch with as
+    # many epochs (2E) at the same walks; no such control: no verdict
     chained = row("small_lstm 5s5a after easy")
-    scratch = None
-    if budget:
-        same_walks = {key: budget[key] for key in ("n_transitions", "train_sequences", "fresh_walks")}
-        candidates = [_row(aggregated, "small_lstm 5s5a", {**same_walks, "epochs": epochs})
-                      for epochs in sorted(set(aggregated["epochs"]), reverse=True)]
-        scratch = next((candidate for candidate in candidates if candidate is not None), None)
+    scratch = None if chained is None else _row(aggregated, "small_lstm 5s5a",
+                                                {**walks, "epochs": 2 * int(chained["epochs"])})
     plan = [
         ("1 parameter fairness", "at matched parameters (~1.06M) the LSTM beats the deep vanilla RNN",
          lstm, row("deep_rnn 5s5a"), "final_val_repeat_acc"),
@@ -315,16 +325,19 @@ BY_BUDGET = ("1 parameter fairness", "2 capacity vs architecture", "4 scaling to
 
 
 def learning_curves(source, runs: pd.DataFrame | None = None, **filters) -> pd.DataFrame:
-    """The logged validation curves of the runs at the plan's budget that started afresh
-    (``runs``: a ``load`` table already read from ``source``): long frame run, configuration,
-    seed, chance, metric (val.acc, val.repeat_acc), epoch, value."""
+    """The logged validation curves of the runs at the plan's walks that started afresh, each
+    configuration at its longest budget (``runs``: a ``load`` table already read from
+    ``source``): long frame run, configuration, seed, chance, metric (val.acc,
+    val.repeat_acc), epoch, value."""
     table = load(source, **filters) if runs is None else runs
     budget = plan_budget(table)
     if not budget:
         return pd.DataFrame(columns=["run", "configuration", "seed", "chance", "metric", "epoch", "value"])
     table = table[table["init_from_dataset"].isna()]
-    for key, value in budget.items():
-        table = table[table[key] == value]
+    for key in WALKS:
+        table = table[table[key] == budget[key]]
+    # each configuration at its longest budget, as the hypotheses judge it
+    table = table[table["epochs"] == table.groupby("configuration")["epochs"].transform("max")]
     points = metrics_table(source, metric=list(CURVE_METRICS), experiment=EXPERIMENT, **filters)
     points = points[points["run"].isin(table["run"])].rename(columns={"step": "epoch"})
     return points.merge(table[["run", "configuration", "seed", "chance"]], on="run")

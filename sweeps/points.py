@@ -37,7 +37,9 @@ def expand(experiment: str, spec: dict) -> list[Point]:
     """The points of a sweep spec: variants x grid (cartesian, in the grid's order) x seeds.
     A variant is a named config or a list of them, applied after the spec's ``named_configs``
     in that order (Sacred: a later named config wins), so ``["lstm_5s5a", "cpu"]`` lets
-    ``cpu`` set what the model's named config also sets."""
+    ``cpu`` set what the model's named config also sets; a dict in the list is config values
+    of that variant only (``["small_lstm_5s5a", "cpu", {"epochs": 160}]``), over the spec's
+    ``config``."""
     grid = spec.get("grid", {})
     seeds = spec.get("seeds")
     seeds = list(range(seeds)) if isinstance(seeds, int) else seeds
@@ -45,10 +47,11 @@ def expand(experiment: str, spec: dict) -> list[Point]:
     points = []
     for variant in variants:
         variant = () if not variant else (variant,) if isinstance(variant, str) else tuple(variant)
-        named = tuple(spec.get("named_configs", [])) + variant
+        named = tuple(spec.get("named_configs", [])) + tuple(v for v in variant if isinstance(v, str))
+        own = {key: value for part in variant if isinstance(part, dict) for key, value in part.items()}
         for values in itertools.product(*grid.values()):
             for seed in seeds if seeds is not None else [None]:
-                updates = dict(spec.get("config", {}))
+                updates = {**spec.get("config", {}), **own}
                 updates.update(zip(grid, values))
                 if seed is not None:
                     updates["seed"] = seed

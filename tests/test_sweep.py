@@ -322,6 +322,10 @@ def test_points_are_variants_by_grid_by_seeds_with_stable_keys():
     # a variant may be several named configs, applied after the spec's in their order
     listed = sweeps.expand("exp", {"variants": [["v1", "late"], "v2"], "named_configs": ["base"]})
     assert [p.named_configs for p in listed] == [("base", "v1", "late"), ("base", "v2")]
+    # ... and may carry config values of its own, over the spec's config
+    own = sweeps.expand("exp", {"variants": [["v1", {"epochs": 160}], "v2"], "config": {"epochs": 80, "c": 1}})
+    assert [(p.named_configs, p.updates) for p in own] == [(("v1",), {"epochs": 160, "c": 1}),
+                                                           (("v2",), {"epochs": 80, "c": 1})]
 
 
 
