@@ -324,20 +324,26 @@ CURVE_METRICS = {"val.acc": "final_val_acc", "val.repeat_acc": "final_val_repeat
 BY_BUDGET = ("1 parameter fairness", "2 capacity vs architecture", "4 scaling to harder machines")
 
 
+def plan_runs(table: pd.DataFrame) -> pd.DataFrame:
+    """The runs the hypotheses judge: on the plan's walks, started afresh, each configuration
+    at its longest budget."""
+    budget = plan_budget(table)
+    if not budget:
+        return table.iloc[0:0]
+    table = table[table["init_from_dataset"].isna()]
+    for key in WALKS:
+        table = table[table[key] == budget[key]]
+    return table[table["epochs"] == table.groupby("configuration")["epochs"].transform("max")]
+
+
 def learning_curves(source, runs: pd.DataFrame | None = None, **filters) -> pd.DataFrame:
     """The logged validation curves of the runs at the plan's walks that started afresh, each
     configuration at its longest budget (``runs``: a ``load`` table already read from
     ``source``): long frame run, configuration, seed, chance, metric (val.acc,
     val.repeat_acc), epoch, value."""
-    table = load(source, **filters) if runs is None else runs
-    budget = plan_budget(table)
-    if not budget:
+    table = plan_runs(load(source, **filters) if runs is None else runs)
+    if table.empty:
         return pd.DataFrame(columns=["run", "configuration", "seed", "chance", "metric", "epoch", "value"])
-    table = table[table["init_from_dataset"].isna()]
-    for key in WALKS:
-        table = table[table[key] == budget[key]]
-    # each configuration at its longest budget, as the hypotheses judge it
-    table = table[table["epochs"] == table.groupby("configuration")["epochs"].transform("max")]
     points = metrics_table(source, metric=list(CURVE_METRICS), experiment=EXPERIMENT, **filters)
     points = points[points["run"].isin(table["run"])].rename(columns={"step": "epoch"})
     return points.merge(table[["run", "configuration", "seed", "chance"]], on="run")

@@ -101,7 +101,7 @@ def critical_fraction(source):
 
 
 def fsm_icl(source):
-    runs = fsm.load(source)
+    runs = fsm.plan_runs(fsm.load(source))  # as the hypotheses judge them
     curves = fsm.icl_curves(runs)
     if curves.empty:
         yield Skip("fsm_icl.png", "no COMPLETED fsm_icl training runs: "
@@ -114,7 +114,8 @@ def fsm_icl(source):
                                f"occurrences of (state, action): mean ± 95% CI over seeds, {len(runs)} runs")
     used = runs[[isinstance(c, (list, tuple)) for c in runs["final_val_icl_acc"]]]
     yield Figure("fsm_icl.png", "in-context curve per configuration", "fsm_icl",
-                 "every COMPLETED training run: " + ", ".join(sorted(set(used["configuration"]))),
+                 "the runs at the plan's walks, each configuration at its longest budget "
+                 "(`analysis.fsm.plan_runs`): " + ", ".join(sorted(set(used["configuration"]))),
                  used["run"].tolist(), fig)
 
 
@@ -130,10 +131,10 @@ def fsm_budget(source):
     walks = f"{budget['train_sequences']} {'fresh ' if budget['fresh_walks'] else ''}walks of {budget['n_transitions']} steps"
     fig = fsm.budget_figure(curves, fsm.steps_per_epoch(used),
                             f"accuracy on repeated pairs during training: mean, 95% band over seeds "
-                            f"({len(used)} runs; {walks} per epoch, {budget['epochs']} epochs)")
+                            f"({len(used)} runs; {walks} per epoch; each configuration at its longest budget)")
     yield Figure("fsm_budget.png", "repeated-pair accuracy against training steps per configuration (where "
                  "curves cross, a verdict depends on the budget)", "fsm_icl",
-                 "the runs at the plan's budget (`analysis.fsm.plan_budget`) that started afresh",
+                 "the runs at the plan's walks, each configuration at its longest budget (`analysis.fsm.plan_runs`)",
                  used["run"].tolist(), fig)
 
 
