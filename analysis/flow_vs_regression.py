@@ -135,11 +135,15 @@ def integration_table(source, **config_filters) -> pd.DataFrame:
 def plot_against_samples(summary: pd.DataFrame, metric: str, ylabel: str, title: str = "", log: bool = True,
                          x: str = "dataset.num_train"):
     """One line per paradigm: the mean of ``metric`` against the number of training
-    samples with its 95% interval as a band (from ``summarise``)."""
+    samples with its 95% interval as a band (from ``summarise``); the legend says how many
+    of the paradigm's runs plateaued, so a line of unfinished runs is not read as a finding."""
     fig, ax = plt.subplots(figsize=(5.6, 3.8), dpi=110)
     for paradigm, group in summary.groupby("paradigm"):
         group = group.sort_values(x)
-        ax.plot(group[x], group[f"{metric}.mean"], "o-", label=paradigm)
+        label = paradigm
+        if "plateaued" in group:
+            label += f" ({int(group['plateaued'].sum())} of {int(group[f'{metric}.n'].sum())} runs plateaued)"
+        ax.plot(group[x], group[f"{metric}.mean"], "o-", label=label)
         low = group[f"{metric}.low"].clip(lower=group[f"{metric}.mean"] / 100) if log else group[f"{metric}.low"]
         ax.fill_between(group[x], low, group[f"{metric}.high"], alpha=0.2)  # a log axis cannot show <= 0
     ax.set_xscale("log")

@@ -339,14 +339,15 @@ def plan_runs(table: pd.DataFrame) -> pd.DataFrame:
 def learning_curves(source, runs: pd.DataFrame | None = None, **filters) -> pd.DataFrame:
     """The logged validation curves of the runs at the plan's walks that started afresh, each
     configuration at its longest budget (``runs``: a ``load`` table already read from
-    ``source``): long frame run, configuration, seed, chance, metric (val.acc,
-    val.repeat_acc), epoch, value."""
+    ``source``): long frame run, configuration, seed, chance, plateaued (its recorded
+    plateau), metric (val.acc, val.repeat_acc), epoch, value."""
     table = plan_runs(load(source, **filters) if runs is None else runs)
     if table.empty:
-        return pd.DataFrame(columns=["run", "configuration", "seed", "chance", "metric", "epoch", "value"])
+        return pd.DataFrame(columns=["run", "configuration", "seed", "chance", "plateaued", "metric", "epoch", "value"])
     points = metrics_table(source, metric=list(CURVE_METRICS), experiment=EXPERIMENT, **filters)
     points = points[points["run"].isin(table["run"])].rename(columns={"step": "epoch"})
-    return points.merge(table[["run", "configuration", "seed", "chance"]], on="run")
+    return points.merge(table[["run", "configuration", "seed", "chance"]].assign(plateaued=plateaued(table)),
+                        on="run")
 
 
 def steps_per_epoch(runs: pd.DataFrame) -> int | None:
@@ -367,11 +368,11 @@ def hypotheses_by_budget(source, epochs: list, **filters) -> pd.DataFrame:
     series = {run: {metric: (group["epoch"].tolist(), group["value"].tolist())
                     for metric, group in points.sort_values("epoch").groupby("metric")}
               for run, points in curves.groupby("run")}
-    plan_runs = table[table["run"].isin(series)].drop(columns=probe_columns(table)).to_dict("records")
+    judged = table[table["run"].isin(series)].drop(columns=probe_columns(table)).to_dict("records")
     rows = []
     for budget in epochs:
         read = []
-        for run in plan_runs:
+        for run in judged:
             truncated = {metric: tuple(map(list, zip(*[(e, v) for e, v in zip(*curve) if e < budget]))) or ([], [])
                          for metric, curve in series[run["run"]].items()}
             if any(not steps or steps[-1] != budget - 1 for steps, _ in truncated.values()):
@@ -382,16 +383,17 @@ def hypotheses_by_budget(source, epochs: list, **filters) -> pd.DataFrame:
             read.append({**run, **{column: truncated[metric][1][-1] for metric, column in CURVE_METRICS.items()},
                          "epochs": budget, "plateau": record})
         if read:
-            judged = hypotheses(pd.DataFrame(read))
-            rows.append(judged[judged["hypothesis"].isin(BY_BUDGET)].assign(epochs=budget))
+            verdicts = hypotheses(pd.DataFrame(read))
+            rows.append(verdicts[verdicts["hypothesis"].isin(BY_BUDGET)].assign(epochs=budget))
     columns = ["epochs", "hypothesis", "claim", "metric", "A", "B", "difference", "ci95", "verdict"]
     return pd.concat(rows, ignore_index=True)[columns] if rows else pd.DataFrame(columns=columns)
 
 
 def budget_figure(curves: pd.DataFrame, steps_per_epoch: int | None = None, title: str = ""):
     """Accuracy on repeated pairs against training (epochs, or steps when ``steps_per_epoch``
-    is given) per configuration: mean and 95% band over seeds, chance dotted. Where two
-    curves cross, the verdict on that pair depends on the budget."""
+    is given) per configuration: mean and 95% band over seeds, chance dotted, the legend with
+    how many runs plateaued. Where two curves cross, the verdict on that pair depends on the
+    budget."""
     fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=110)
     repeat = curves[curves["metric"] == "val.repeat_acc"]
     scale = steps_per_epoch or 1
@@ -400,8 +402,10 @@ def budget_figure(curves: pd.DataFrame, steps_per_epoch: int | None = None, titl
         stats = pd.DataFrame([{"epoch": epoch, **dict(zip(("mean", "half", "n"), mean_ci(values)))}
                               for epoch, values in by_epoch])
         x = (stats["epoch"] + 1) * scale
+        finished = (f", {int(group.groupby('run')['plateaued'].first().sum())} plateaued"
+                    if "plateaued" in group else "")
         ax.plot(x, stats["mean"], color=f"C{k % 10}", lw=1.4,
-                label=f"{configuration} (n={int(stats['n'].max())})")
+                label=f"{configuration} (n={int(stats['n'].max())}{finished})")
         ax.fill_between(x, stats["mean"] - stats["half"].fillna(0), stats["mean"] + stats["half"].fillna(0),
                         color=f"C{k % 10}", alpha=0.15, lw=0)
     for chance in sorted(set(repeat["chance"])):

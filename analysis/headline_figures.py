@@ -33,7 +33,7 @@ from analysis.figures import plt
 from analysis.grokking import critical_fraction_figure, dof_probability, phase_table
 from analysis.intervals import mean_ci
 from analysis.list_ops import operation_bars
-from analysis.runs import load_runs, runs_table, sweep_runs
+from analysis.runs import load_runs, plateaued, runs_table, sweep_runs
 from observers.mongo import redact
 
 # the published diagrams, their sweeps on the paper's split and over seeds (experiments/grokking.py SWEEPS)
@@ -108,8 +108,14 @@ def fsm_icl(source):
                                   "python experiments/fsm_icl.py with small_lstm_5s5a cpu")
         return
     curves = curves[curves["n"] > 0]
-    series = {label: (c["repeats"].tolist(), c["mean"].tolist(), c["ci95"].fillna(0).tolist())
-              for label, c in curves.groupby("label")}
+    # a curve of unfinished runs must not read as a finding: its budget and plateau count are in the legend
+    per_configuration = runs.assign(plateaued=plateaued(runs)).groupby("configuration").agg(
+        epochs=("epochs", "max"), plateaued=("plateaued", "sum"), runs=("run", "size"))
+    series = {}
+    for label, c in curves.groupby("label"):
+        row = per_configuration.loc[c["configuration"].iloc[0]]
+        label = f"{label} ({row['epochs']} epochs, {row['plateaued']} of {row['runs']} plateaued)"
+        series[label] = (c["repeats"].tolist(), c["mean"].tolist(), c["ci95"].fillna(0).tolist())
     fig = fsm.icl_curve_figure(series, float(runs["chance"].max()), "final validation accuracy by earlier "
                                f"occurrences of (state, action): mean ± 95% CI over seeds, {len(runs)} runs")
     used = runs[[isinstance(c, (list, tuple)) for c in runs["final_val_icl_acc"]]]
