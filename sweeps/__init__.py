@@ -25,8 +25,8 @@ What an experiment file may declare (module level, all optional):
 - ``SWEEPS = {name: {"grid": {key: [values]}, "named_configs": [...], "variants": [...],
   "config": {key: value}, "seeds": N or [seeds]}}``: named sweeps, plain JSON data. The
   points are variants x grid x seeds (a variant: a named config, or a list of them applied
-  in order after ``named_configs``); ``--grid``, ``--seeds`` and ``with`` extend or
-  override a named sweep.
+  in order after ``named_configs``, where a dict is config values of that variant only);
+  ``--grid``, ``--seeds`` and ``with`` extend or override a named sweep.
 - ``SWEEP_RESULTS = ("phase",)``: result keys the summary shows per point and counts.
 - ``block_key(config) -> str | None`` and ``train_block(configs) -> [share, ...]``: points
   whose configs have the same key are trained together (in blocks of ``--block-size``);

@@ -133,6 +133,16 @@ def test_a_run_on_fresh_walks_trains_on_new_machines_and_caches_only_the_fixed_s
         ex.run(named_configs=["small_lstm_5s5a"], config_updates={**tiny, "fresh_walks": 1})
 
 
+def test_a_bad_fresh_walks_on_the_command_line_is_one_line_and_records_nothing(tmp_path):
+    runs = tmp_path / "runs"
+    result = run_script(["experiments/fsm_icl.py", "with", "small_lstm_5s5a", "cpu", "fresh_walks=yes"],
+                        env={"TOYLAB_RUNS_DIR": str(runs)})
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and len(lines) == 1, result.stderr
+    assert lines[0] == "harness.ConfigError: fresh_walks='yes' is not allowed: use true or false"
+    assert not runs.exists() or not any(runs.iterdir())
+
+
 class ContextLookup(torch.nn.Module):
     """An exact in-context learner: the next state after the last earlier occurrence of the
     current (state, action) pair, state 0 when the pair is new."""

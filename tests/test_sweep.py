@@ -355,3 +355,24 @@ def test_slurm_job_script_asks_for_partition_walltime_memory():
     for line in ("#SBATCH -p short", "#SBATCH -t 00:20:00", "#SBATCH --mem=3G", "#SBATCH --cpus-per-task=2"):
         assert line in script
     assert "--nworkers 2" in script and "--nthreads 1" in script  # one single-threaded worker per core
+
+
+def test_the_readme_s_convergence_sweeps_list_their_budgets():
+    """`python -m sweeps ... --list`, as the README runs them: the FSM CPU plan applies cpu after
+    each model's named config with the model's own doubled epochs (CPU_EPOCHS), and the flow
+    comparison at convergence gives every paradigm 30 000 epochs."""
+    from experiments.fsm_icl import CPU_EPOCHS
+
+    def listed(experiment, sweep):
+        result = subprocess.run([sys.executable, "-m", "sweeps", str(REPO / "experiments" / experiment), "--sweep",
+                                 sweep, "--list"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return [line.split()[1:] for line in result.stdout.splitlines()]
+
+    plan = listed("fsm_icl.py", "plan_cpu")
+    assert len(plan) == 10 * 3 and all(words[1] == "cpu" for words in plan)
+    for words in plan:
+        doubled = CPU_EPOCHS.get(words[0])
+        assert (f"epochs={doubled}" in words) if doubled else not any(w.startswith("epochs=") for w in words), words
+    flow = listed("flow_vs_regression.py", "converged")
+    assert len(flow) == 3 * 2 * 3 * 3 and all("training.num_epochs=30000" in words for words in flow)
