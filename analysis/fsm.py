@@ -67,9 +67,10 @@ def icl_curve_figure(series: dict, chance: float, title: str = ""):
 # ------------------------------------------------------------------ aggregation over seeds
 # What a configuration is (everything but the seed); the label names the plan's model when it is one.
 CONFIG_KEYS = ["model", "d_model", "num_layers", "dataset", "n_transitions", "train_sequences", "fresh_walks",
-               "epochs", "init_from_dataset"]
-# what a run spends: walk length, walks (the same set each epoch or fresh ones), epochs
-BUDGET = ["n_transitions", "train_sequences", "fresh_walks", "epochs"]
+               "lr", "epochs", "init_from_dataset"]
+# what a run spends: walk length, walks (the same set each epoch or fresh ones), the optimiser's
+# learning rate (a plan re-run under another rule is another budget), epochs
+BUDGET = ["n_transitions", "train_sequences", "fresh_walks", "lr", "epochs"]
 SUMMARY = ["final_val_acc", "final_val_first_acc", "final_val_repeat_acc", "final_val_nontrivial_acc",
            "best_val_acc", "ceiling", "chance", "n_parameters"]
 
@@ -164,7 +165,7 @@ def icl_curves(source_or_table, **filters) -> pd.DataFrame:
         configuration, budget = keys[0], dict(zip(BUDGET, keys[1:]))
         label = configuration if budgets[configuration] == 1 else (
             f"{configuration} [T={budget['n_transitions']}, N={budget['train_sequences']}"
-            f"{' fresh per epoch' if budget['fresh_walks'] else ''}, {budget['epochs']} epochs]")
+            f"{' fresh per epoch' if budget['fresh_walks'] else ''}, lr {budget['lr']:g}, {budget['epochs']} epochs]")
         curves = [curve for curve in group["final_val_icl_acc"] if isinstance(curve, (list, tuple))]
         for repeats in range(max((len(c) for c in curves), default=0)):
             values = [c[repeats] for c in curves if len(c) > repeats]
@@ -185,7 +186,7 @@ def format_interval(row, metric: str, digits: int = 3) -> str:
 
 # ------------------------------------------------------------------ the plan's five hypotheses
 def plan_budget(table: pd.DataFrame) -> dict:
-    """The most common budget (``BUDGET``: n_transitions, train_sequences, fresh_walks,
+    """The most common budget (``BUDGET``: n_transitions, train_sequences, fresh_walks, lr,
     epochs) among runs that started afresh, the newest between as many. Its walks (``WALKS``)
     are the plan's: the hypotheses compare models on them only, each at the longest budget it
     was trained for (so CPU-sized and full-size runs are never compared with each other). To
@@ -198,10 +199,11 @@ def plan_budget(table: pd.DataFrame) -> dict:
     newest = pd.to_datetime(fresh["start_time"]) if "start_time" in fresh else fresh["run"]
     sizes = fresh.assign(newest=newest).groupby(BUDGET).agg(runs=("run", "size"), newest=("newest", "max"))
     best = sizes.sort_values(["runs", "newest"], ascending=False).index[0]
-    return {key: (bool(v) if key == "fresh_walks" else int(v)) for key, v in zip(BUDGET, best)}
+    kinds = {"fresh_walks": bool, "lr": float}
+    return {key: kinds.get(key, int)(v) for key, v in zip(BUDGET, best)}
 
 
-WALKS = ["n_transitions", "train_sequences", "fresh_walks"]  # a budget without its epochs
+WALKS = ["n_transitions", "train_sequences", "fresh_walks", "lr"]  # a budget without its epochs
 
 
 def _longest(aggregated: pd.DataFrame, label: str, walks: dict):

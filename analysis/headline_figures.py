@@ -134,7 +134,8 @@ def fsm_budget(source):
         return
     used = runs[runs["run"].isin(curves["run"])]
     budget = fsm.plan_budget(runs)
-    walks = f"{budget['train_sequences']} {'fresh ' if budget['fresh_walks'] else ''}walks of {budget['n_transitions']} steps"
+    walks = (f"{budget['train_sequences']} {'fresh ' if budget['fresh_walks'] else ''}walks of "
+             f"{budget['n_transitions']} steps, Adam {budget['lr']:g}")
     fig = fsm.budget_figure(curves, fsm.steps_per_epoch(used),
                             f"accuracy on repeated pairs during training: mean, 95% band over seeds "
                             f"({len(used)} runs; {walks} per epoch; each configuration at its longest budget)")

@@ -31,7 +31,7 @@ def synthetic_runs(values: dict, plateaued: bool = True) -> pd.DataFrame:
         for seed, accuracy in enumerate(accuracies):
             rows.append({"run": len(rows) + 1, "configuration": configuration, "model": name, "d_model": 1,
                          "num_layers": 1, "dataset": dataset, "n_transitions": 32, "train_sequences": 100, "fresh_walks": True,
-                         "epochs": 10, "init_from_dataset": after, "seed": seed, "chance": 0.2,
+                         "lr": 1e-3, "epochs": 10, "init_from_dataset": after, "seed": seed, "chance": 0.2,
                          "final_val_acc": accuracy, "final_val_repeat_acc": accuracy,
                          "final_val_icl_acc": [0.2, accuracy, accuracy + 0.05],
                          "plateau": {"metric": "val.repeat_acc", "plateaued": plateaued}})
@@ -81,15 +81,31 @@ def test_aggregate_and_curves_keep_curriculum_stages_apart():
     # hypothesis judges a configuration at its longest budget (small_lstm: 20 epochs now)
     both = pd.concat([runs, longer], ignore_index=True)
     labels = set(fsm.icl_curves(both)["label"])  # the two budgets' curves are not pooled
-    assert labels == {"small_lstm 5s5a after easy", "small_lstm 5s5a [T=32, N=100 fresh per epoch, 10 epochs]",
-                      "small_lstm 5s5a [T=32, N=100 fresh per epoch, 20 epochs]"}
+    assert labels == {"small_lstm 5s5a after easy", "small_lstm 5s5a [T=32, N=100 fresh per epoch, lr 0.001, 10 epochs]",
+                      "small_lstm 5s5a [T=32, N=100 fresh per epoch, lr 0.001, 20 epochs]"}
     # nor are runs on one fixed set of walks pooled with runs on fresh walks
     fixed_set = synthetic_runs({"small_lstm 5s5a": [0.3]}).assign(fresh_walks=False, run=98)
-    assert "small_lstm 5s5a [T=32, N=100, 10 epochs]" in set(fsm.icl_curves(pd.concat([runs, fixed_set]))["label"])
+    assert "small_lstm 5s5a [T=32, N=100, lr 0.001, 10 epochs]" in set(fsm.icl_curves(pd.concat([runs, fixed_set]))["label"])
     table = fsm.hypotheses(both)
     assert table.iloc[-1]["B"] == "small_lstm 5s5a (20 epochs): 0.550 (n=1)"
     assert table.iloc[-1]["difference"] == pytest.approx(0.2)
     assert table.iloc[2]["B"].startswith("small_lstm 5s5a (20 epochs)")
+
+
+def test_a_plan_rerun_under_another_learning_rate_is_another_budget():
+    """The same walks and epochs under Adam 3e-3 and 1e-3 are two plans: never pooled, and the
+    hypotheses judge the one with more runs (here the 1e-3 re-run), not a mixture."""
+    old = synthetic_runs({"lstm 5s5a": [0.99], "transformer 5s5a": [0.39]}).assign(lr=3e-3)
+    new = synthetic_runs({"lstm 5s5a": [0.98, 0.99], "transformer 5s5a": [0.97, 0.99]})
+    both = pd.concat([old, new.assign(run=new["run"] + 10)], ignore_index=True)
+    assert fsm.plan_budget(both) == {"n_transitions": 32, "train_sequences": 100, "fresh_walks": True, "lr": 1e-3,
+                                     "epochs": 10}
+    assert sorted(fsm.plan_runs(both)["run"]) == [11, 12, 13, 14]
+    aggregated = fsm.aggregate(both, metrics=["final_val_repeat_acc"])
+    transformer = aggregated[aggregated["configuration"] == "transformer 5s5a"].set_index("lr")
+    assert transformer.loc[3e-3, "runs"] == [2] and transformer.loc[1e-3, "final_val_repeat_acc_mean"] == pytest.approx(0.98)
+    claim = fsm.hypotheses(both).set_index("claim").loc["attention beats recurrence: transformer (110K) > LSTM (1.06M)"]
+    assert claim["A"] == "transformer 5s5a (10 epochs): 0.980 ± 0.127 (n=2)"
 
 
 def test_the_notebook_answers_from_runs_in_a_temporary_directory(tmp_path, monkeypatch):
