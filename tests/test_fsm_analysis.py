@@ -81,11 +81,13 @@ def test_aggregate_and_curves_keep_curriculum_stages_apart():
     # hypothesis judges a configuration at its longest budget (small_lstm: 20 epochs now)
     both = pd.concat([runs, longer], ignore_index=True)
     labels = set(fsm.icl_curves(both)["label"])  # the two budgets' curves are not pooled
-    assert labels == {"small_lstm 5s5a after easy", "small_lstm 5s5a [T=32, N=100 fresh per epoch, lr 0.001, 10 epochs]",
+    assert labels == {"small_lstm 5s5a after easy",
+                      "small_lstm 5s5a [T=32, N=100 fresh per epoch, lr 0.001, 10 epochs]",
                       "small_lstm 5s5a [T=32, N=100 fresh per epoch, lr 0.001, 20 epochs]"}
     # nor are runs on one fixed set of walks pooled with runs on fresh walks
     fixed_set = synthetic_runs({"small_lstm 5s5a": [0.3]}).assign(fresh_walks=False, run=98)
-    assert "small_lstm 5s5a [T=32, N=100, lr 0.001, 10 epochs]" in set(fsm.icl_curves(pd.concat([runs, fixed_set]))["label"])
+    labels = set(fsm.icl_curves(pd.concat([runs, fixed_set]))["label"])
+    assert "small_lstm 5s5a [T=32, N=100, lr 0.001, 10 epochs]" in labels
     table = fsm.hypotheses(both)
     assert table.iloc[-1]["B"] == "small_lstm 5s5a (20 epochs): 0.550 (n=1)"
     assert table.iloc[-1]["difference"] == pytest.approx(0.2)
@@ -103,7 +105,8 @@ def test_a_plan_rerun_under_another_learning_rate_is_another_budget():
     assert sorted(fsm.plan_runs(both)["run"]) == [11, 12, 13, 14]
     aggregated = fsm.aggregate(both, metrics=["final_val_repeat_acc"])
     transformer = aggregated[aggregated["configuration"] == "transformer 5s5a"].set_index("lr")
-    assert transformer.loc[3e-3, "runs"] == [2] and transformer.loc[1e-3, "final_val_repeat_acc_mean"] == pytest.approx(0.98)
+    assert transformer.loc[3e-3, "runs"] == [2]
+    assert transformer.loc[1e-3, "final_val_repeat_acc_mean"] == pytest.approx(0.98)
     claim = fsm.hypotheses(both).set_index("claim").loc["attention beats recurrence: transformer (110K) > LSTM (1.06M)"]
     assert claim["A"] == "transformer 5s5a (10 epochs): 0.980 ± 0.127 (n=2)"
 
