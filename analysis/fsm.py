@@ -206,6 +206,18 @@ def plan_budget(table: pd.DataFrame) -> dict:
 WALKS = ["n_transitions", "train_sequences", "fresh_walks", "lr"]  # a budget without its epochs
 
 
+def load_cpu_plan(source, **filters) -> pd.DataFrame:
+    """``load``, kept to the CPU plan as the experiment defines it now (the walks and learning
+    rate of its ``cpu`` named config), so a plan re-run under a new rule is read alone however
+    many runs the old one has; every run when none was made under it (a full-size plan, a
+    small test store)."""
+    from experiments.fsm_icl import ex
+
+    cpu = ex.named_configs["cpu"]()
+    table = load(source, **{key: cpu[key] for key in WALKS}, **filters)
+    return table if not table.empty else load(source, **filters)
+
+
 def _longest(aggregated: pd.DataFrame, label: str, walks: dict):
     """The aggregate row of configuration ``label`` at ``walks`` with the most epochs, or None:
     each model is judged at the longest budget it was trained for (the plan doubles a
@@ -358,14 +370,14 @@ def steps_per_epoch(runs: pd.DataFrame) -> int | None:
     return steps.pop() if len(steps) == 1 else None
 
 
-def hypotheses_by_budget(source, epochs: list, **filters) -> pd.DataFrame:
+def hypotheses_by_budget(source, epochs: list, runs: pd.DataFrame | None = None, **filters) -> pd.DataFrame:
     """The accuracy hypotheses (1, 2 and 4) as the same runs read after each of ``epochs``
     epochs: every run's validation values at that epoch, and its own plateau rule (the
     metric, tolerance and window of its ``plateau`` record) recomputed on its curve up to
     there, so a short budget reads "not converged" where the curve was still rising. A run
     without a measurement at that epoch is left out there. Columns: epochs and the
-    ``hypotheses`` columns."""
-    table = load(source, **filters)
+    ``hypotheses`` columns; ``runs``: a ``load`` table already read from ``source``."""
+    table = load(source, **filters) if runs is None else runs
     curves = learning_curves(source, runs=table, **filters)
     series = {run: {metric: (group["epoch"].tolist(), group["value"].tolist())
                     for metric, group in points.sort_values("epoch").groupby("metric")}

@@ -101,7 +101,7 @@ def critical_fraction(source):
 
 
 def fsm_icl(source):
-    runs = fsm.plan_runs(fsm.load(source))  # as the hypotheses judge them
+    runs = fsm.plan_runs(fsm.load_cpu_plan(source))  # as the hypotheses judge them
     curves = fsm.icl_curves(runs)
     if curves.empty:
         yield Skip("fsm_icl.png", "no COMPLETED fsm_icl training runs: "
@@ -126,7 +126,7 @@ def fsm_icl(source):
 
 
 def fsm_budget(source):
-    runs = fsm.load(source)
+    runs = fsm.load_cpu_plan(source)
     curves = fsm.learning_curves(source, runs=runs)
     if curves.empty:
         yield Skip("fsm_budget.png", "no COMPLETED fsm_icl training runs: "

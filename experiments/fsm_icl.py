@@ -89,7 +89,8 @@ def cpu():
     val_sequences = 500
     eval_sequences = 500
     epochs = 80  # 5040 steps: past the pilot transformer's jump (~2900 steps) and the large LSTM's flattening
-    batch_size = 32  # the optimiser is the plan's for every model: Adam, lr 1e-3, gradient norm clipped at 1
+    batch_size = 32
+    lr = 1e-3  # one rule for every model, the plan's own: Adam, lr 1e-3, gradient norm clipped at 1
     probe_sequences = 256
 
 

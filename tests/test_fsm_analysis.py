@@ -111,6 +111,27 @@ def test_a_plan_rerun_under_another_learning_rate_is_another_budget():
     assert claim["A"] == "transformer 5s5a (10 epochs): 0.980 ± 0.127 (n=2)"
 
 
+def test_the_cpu_plan_is_read_as_cpu_defines_it_now_however_many_runs_an_older_rule_has(tmp_path):
+    """Real one-epoch runs under `cpu`: two under an older learning rate, one under cpu's own,
+    and a run on other walks. load_cpu_plan reads the one made under cpu as it is now; a
+    store without such runs reads every run (the notebook test's)."""
+    from experiments.fsm_icl import ex
+
+    one_epoch = {"epochs": 1, "val_sequences": 32, "eval_sequences": 32, "data_dir": str(tmp_path / "data")}
+    runs_dir = os.environ["TOYLAB_RUNS_DIR"]  # conftest: this test's own directory
+    for seed in range(2):
+        ex.run(named_configs=["small_vanilla_5s5a", "cpu"], config_updates={**one_epoch, "lr": 3e-3, "seed": seed})
+    ex.run(named_configs=["small_vanilla_5s5a", "cpu"], config_updates=one_epoch)
+    ex.run(named_configs=["small_vanilla_5s5a"], config_updates={**one_epoch, "n_transitions": 12,
+                                                                 "train_sequences": 48})
+    everything = fsm.load(runs_dir)
+    assert len(everything) == 4 and fsm.plan_budget(everything)["lr"] == 3e-3  # the older rule has more runs
+    plan = fsm.load_cpu_plan(runs_dir)
+    assert plan["lr"].tolist() == [1e-3] and plan["train_sequences"].tolist() == [2000]
+    assert fsm.plan_budget(plan) == {"n_transitions": 32, "train_sequences": 2000, "fresh_walks": True, "lr": 1e-3,
+                                     "epochs": 1}
+
+
 def test_the_notebook_answers_from_runs_in_a_temporary_directory(tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
