@@ -38,8 +38,7 @@ from observers.mongo import redact
 
 # the published diagrams, their sweeps on the paper's split and over seeds (experiments/grokking.py SWEEPS)
 PHASE_SWEEPS = {f"phase_{name}_{kind}": diagram for kind in ("paper_split", "seeds")
-                for name, diagram in (("mse", "mse"), ("cross_entropy", "cross_entropy"),
-                                      ("representation", "representation_lr"))}
+                for name, diagram in paper.SWEEP_NAMES.items()}
 # the flow comparison's sweeps, by preference: the first with runs is drawn ("converged": every
 # paradigm at 30000 epochs; "num_train_recon": num_train at 3000 epochs with --grid kind=recon)
 FLOW_SWEEPS = ("converged", "num_train", "num_train_recon")

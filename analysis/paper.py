@@ -53,6 +53,8 @@ from toymodels.phases import PHASES, classify_phase
 
 REFERENCE = Path(__file__).with_name("reference") / "liu2022_phase_diagrams.json"
 DIAGRAMS = ("mse", "cross_entropy", "representation_lr")
+# the name a diagram's sweeps carry: phase_<name>_<kind> (experiments/grokking.py SWEEPS)
+SWEEP_NAMES = {"mse": "mse", "cross_entropy": "cross_entropy", "representation": "representation_lr"}
 PAPER_BUDGET = 100000  # the published grids' budget; 99999 (budget - 1) is "never"
 PAPER_MARGIN = 1000  # Delta of the published phase rule
 SHORT = {"comprehension": "com", "grokking": "grk", "memorization": "mem", "confusion": "cnf"}  # figure labels
@@ -72,6 +74,15 @@ def source() -> str:
 def _config_key(text: str) -> str:
     """A grid axis' config key ("encoder_lr (the representation's learning rate)" -> "encoder_lr")."""
     return text.split()[0]
+
+
+def sweep_diagram(sweep: str) -> Optional[str]:
+    """The published diagram a phase sweep is compared with, from its name (``phase_mse``,
+    ``phase_cross_entropy_seeds`` -> ``cross_entropy``); None for a sweep that names none."""
+    for name, diagram in sorted(SWEEP_NAMES.items(), key=lambda item: -len(item[0])):
+        if sweep == f"phase_{name}" or sweep.startswith(f"phase_{name}_"):
+            return diagram
+    return None
 
 
 def published_axes(diagram: str) -> tuple[str, list, str, list]:

@@ -175,6 +175,22 @@ def test_named_sweeps_use_the_published_grids_exactly():
     assert SWEEPS["phase_cross_entropy_seeds"]["grid"]["decoder_weight_decay"] == list(range(0, 21, 2))
 
 
+def test_a_phase_sweep_s_name_says_which_published_diagram_it_is_compared_with():
+    """The notebook and the headline figures compare a sweep with the diagram its name
+    carries (paper.sweep_diagram): for every phase sweep of the experiment, that diagram's
+    axes are the sweep's grid; a sweep of one's own names none."""
+    phase_sweeps = [name for name in SWEEPS if name.startswith("phase_")]
+    assert len(phase_sweeps) >= 12
+    for name in phase_sweeps:
+        row_key, rows, column_key, columns = paper.published_axes(paper.sweep_diagram(name))
+        assert set(SWEEPS[name]["grid"]) == {row_key, column_key}, name  # quick ones: fewer values, same axes
+        if name.endswith(("paper_split", "seeds", "seeds_reachable")):
+            assert SWEEPS[name]["grid"] == {row_key: rows, column_key: columns}, name
+    assert paper.sweep_diagram("phase_representation_seeds") == "representation_lr"
+    assert paper.sweep_diagram("phase_cross_entropy_paper_split") == "cross_entropy"
+    assert paper.sweep_diagram("landmarks") is None
+
+
 def test_the_seed_rules_are_fixed_from_the_splits_alone():
     assert SEEDS == list(range(10))
     assert REACHABLE_SEEDS == paper.reachable_seeds(10) and len(REACHABLE_SEEDS) == 10
