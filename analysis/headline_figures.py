@@ -134,10 +134,10 @@ def fsm_budget(source):
     used = runs[runs["run"].isin(curves["run"])]
     budget = fsm.plan_budget(runs)
     walks = (f"{budget['train_sequences']} {'fresh ' if budget['fresh_walks'] else ''}walks of "
-             f"{budget['n_transitions']} steps, Adam {budget['lr']:g}")
+             f"{budget['n_transitions']} steps per epoch, Adam lr {budget['lr']:g}")
     fig = fsm.budget_figure(curves, fsm.steps_per_epoch(used),
                             f"accuracy on repeated pairs during training: mean, 95% band over seeds "
-                            f"({len(used)} runs; {walks} per epoch; each configuration at its longest budget)")
+                            f"({len(used)} runs; {walks}; each configuration at its longest budget)")
     yield Figure("fsm_budget.png", "repeated-pair accuracy against training steps per configuration (where "
                  "curves cross, a verdict depends on the budget)", "fsm_icl",
                  "the runs at the plan's walks, each configuration at its longest budget (`analysis.fsm.plan_runs`)",
