@@ -165,7 +165,8 @@ def icl_curves(source_or_table, **filters) -> pd.DataFrame:
         configuration, budget = keys[0], dict(zip(BUDGET, keys[1:]))
         label = configuration if budgets[configuration] == 1 else (
             f"{configuration} [T={budget['n_transitions']}, N={budget['train_sequences']}"
-            f"{' fresh per epoch' if budget['fresh_walks'] else ''}, lr {budget['lr']:g}, {budget['epochs']} epochs]")
+            f"{' fresh per epoch' if budget['fresh_walks'] else ''}, lr {budget['lr']:g}, "
+            f"{budget['epochs']} epochs]")
         curves = [curve for curve in group["final_val_icl_acc"] if isinstance(curve, (list, tuple))]
         for repeats in range(max((len(c) for c in curves), default=0)):
             values = [c[repeats] for c in curves if len(c) > repeats]
@@ -203,7 +204,7 @@ def plan_budget(table: pd.DataFrame) -> dict:
     return {key: kinds.get(key, int)(v) for key, v in zip(BUDGET, best)}
 
 
-WALKS = ["n_transitions", "train_sequences", "fresh_walks", "lr"]  # a budget without its epochs
+WALKS = ["n_transitions", "train_sequences", "fresh_walks", "lr"]  # a budget without its epochs: walks and lr
 
 
 def load_cpu_plan(source, **filters) -> pd.DataFrame:
