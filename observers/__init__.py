@@ -15,6 +15,8 @@ SIGINT into an interrupt, so a killed run ends INTERRUPTED with its metrics so f
 when a non-interactive shell started it with SIGINT ignored), reported in one line with
 exit code 130 (SIGINT) or 143 (SIGTERM). A full disk under file storage (``StorageFull``)
 stops the run FAILED, reported in one line naming the run directory, exit code 74.
+A run in a thread that no signal reaches (a sweep's Dask task) is stopped by
+``request_stop(run)`` from another thread: it ends INTERRUPTED at its next metric.
 """
 from __future__ import annotations
 
@@ -54,6 +56,23 @@ class Terminated(KeyboardInterrupt):
 
     def __init__(self):
         super().__init__("received SIGTERM")
+
+
+class Stopped(KeyboardInterrupt):
+    """Raised in a run at its next metric after ``request_stop``: the run ends INTERRUPTED
+    (with its metrics so far and, where the experiment keeps them, its checkpoint)."""
+
+    STATUS = "INTERRUPTED"
+
+    def __init__(self):
+        super().__init__("stopped: the sweep was interrupted")
+
+
+def request_stop(run) -> None:
+    """Ask ``run`` (a Sacred Run, running in another thread) to end INTERRUPTED at its next
+    metric: the way to interrupt a run in a thread that no signal reaches, such as a sweep's
+    Dask task. A flag, read by the run's own thread; nothing is thrown into it from outside."""
+    run.stop_requested = True
 
 
 def runs_dir() -> Path:
@@ -101,12 +120,15 @@ def attach(ex: Experiment) -> Experiment:
         ex.observers.append(added[-1])
 
     @ex.pre_run_hook
-    def stop_when_storage_is_full(_run):
-        # The heartbeat thread finds the disk full (metrics.json no longer fits) but cannot stop
-        # the run from there: the run's next metric does, in the run's own thread.
+    def stop_at_the_next_metric(_run):
+        # Two things that cannot stop the run from where they are found: the heartbeat thread
+        # finds the disk full (metrics.json no longer fits), another thread asks for a stop
+        # (request_stop). The run's next metric stops it, in the run's own thread.
         log_scalar = _run.log_scalar
 
         def log_scalar_while_recorded(metric_name, value, step=None):
+            if getattr(_run, "stop_requested", False):
+                raise Stopped()
             for observer in _run.observers:
                 full = getattr(observer, "storage_full", None)
                 if full is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from typing import Optional
@@ -127,6 +128,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     store = default_store()
     store.check()  # a MongoDB that refuses the login or is not there: one line, before any worker starts
     started = time.time()
+    signal.signal(signal.SIGTERM, _interrupt)  # e.g. `kill` or a scheduler's job limit: stopped like Ctrl-C
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a script
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     client = make_client(args.workers, args.scheduler, slurm)
     cluster = None if args.scheduler else client.cluster  # ours to close; an existing cluster stays up
     try:
@@ -135,9 +139,13 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"workers ({client.scheduler.address}); recording to {_where(store)}", flush=True)
         rows = run_sweep(args.experiment_file, spec, sweep, client, block_size=args.block_size, store=store,
                          points=points)
-    except KeyboardInterrupt:
-        print(f"\nsweep {sweep} interrupted: run the same command again to run only the points not COMPLETED",
-              file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        stopped = getattr(interrupt, "interrupted", [])
+        left = getattr(interrupt, "left_running", 0)
+        print(f"\nsweep {sweep} interrupted: " + (f"run{'' if len(stopped) == 1 else 's'} {', '.join(map(str, stopped))} "
+                                                   "recorded INTERRUPTED; " if stopped else "") +
+              (f"{left} did not reach a metric in time and stay RUNNING (shown DEAD); " if left else "") +
+              "run the same command again to run only the points not COMPLETED", file=sys.stderr)
         return 130
     finally:
         client.close()
@@ -147,6 +155,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     code = print_summary(rows, sweep, results=getattr(module, "SWEEP_RESULTS", ()), runs=store.runs(sweep))
     print(f"wall time {time.time() - started:.1f} s")
     return code
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"received signal {signum}")
 
 
 def _where(store) -> str:

@@ -11,10 +11,23 @@ from typing import Optional
 
 from sweeps.claims import _safe, default_store
 from sweeps.points import blocks, expand, load_experiment, point_configs
-from sweeps.worker import run_block
+from sweeps.worker import LeaveInterruptsToTheSweep, run_block, still_running, stop
 
 BLOCK_SIZE = 16  # points trained together: past ~16 the batched trainer stops gaining (benchmarks/sweep_throughput.py)
 BUSY_RETRY = 2.0  # seconds before a point claimed elsewhere is tried again
+# Seconds a stopped sweep waits for its running runs to reach their next metric and end
+# INTERRUPTED (TOYLAB_SWEEP_STOP_GRACE); a run still going then is left as it is (shown DEAD).
+STOP_GRACE = 60.0
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) of the sweep command, once its running runs were stopped:
+    ``interrupted``, the run ids recorded INTERRUPTED; ``left_running``, how many runs did not
+    end within the grace period."""
+
+    def __init__(self, interrupted: list, left_running: int):
+        super().__init__("sweep interrupted")
+        self.interrupted, self.left_running = interrupted, left_running
 
 
 def make_client(workers: Optional[int] = None, scheduler: Optional[str] = None, slurm: Optional[dict] = None):
@@ -39,7 +52,9 @@ def make_client(workers: Optional[int] = None, scheduler: Optional[str] = None, 
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                                silence_logs=logging.ERROR)
-    return Client(cluster)
+    client = Client(cluster)
+    client.register_plugin(LeaveInterruptsToTheSweep())  # also on workers the nanny restarts
+    return client
 
 
 def slurm_cluster(partition: Optional[str] = None, walltime: str = "01:00:00", memory: str = "4GB", cores: int = 1,
@@ -74,38 +89,76 @@ def run_sweep(experiment_file: str, spec: dict, sweep: str, client, block_size: 
     pending = blocks(module, [point for point in points if point.key not in summary], block_size, n_workers)
     bar = tqdm(total=len(points), initial=len(summary), desc=f"sweep {sweep}", unit="point", dynamic_ncols=True,
                disable=(not sys.stderr.isatty()) if progress is None else not progress)
-    while pending:
-        futures = {client.submit(run_block, str(Path(experiment_file).resolve()), sweep, block, store, pure=False,
-                                 key=f"sweep-{_safe(sweep)}-{uuid.uuid4().hex[:12]}"): block for block in pending}
-        pending = []
-        remaining = set(futures)
-        while remaining:
-            finished = {future for future in remaining if future.done()}
-            if not finished:
-                time.sleep(0.5)
-            remaining -= finished
-            for future in finished:
-                block = futures[future]
-                try:
-                    outcomes = future.result()
-                except Exception as error:  # noqa: BLE001 - e.g. KilledWorker: the points failed, the sweep goes on
-                    outcomes = [{"key": p.key, "status": "FAILED", "run": None,
-                                 "error": f"{type(error).__name__}: {error}"} for p in block]
-                busy = [by_key[o["key"]] for o in outcomes if o["status"] == "BUSY"]
-                if busy:  # claimed by another worker or sweep: try again once it is released
-                    pending.extend([p] for p in busy)
-                for outcome in outcomes:
-                    if outcome["status"] != "BUSY":
-                        summary[outcome["key"]] = outcome
-                        bar.update(1)
-            processing = _processing(client)
-            running = sum(len(futures[f]) for f in remaining if f.key in processing)
-            failed = sum(o["status"] == "FAILED" for o in summary.values())
-            bar.set_postfix({"done": len(summary) - failed, "running": running, "failed": failed}, refresh=True)
-        if pending:
-            time.sleep(BUSY_RETRY)
+    token = uuid.uuid4().hex  # this command's: what `stop` asks the workers to end
+    futures: dict = {}
+    try:
+        while pending:
+            futures = {client.submit(run_block, str(Path(experiment_file).resolve()), sweep, block, store, token,
+                                     pure=False, key=f"sweep-{_safe(sweep)}-{uuid.uuid4().hex[:12]}"): block
+                       for block in pending}
+            pending = []
+            remaining = set(futures)
+            while remaining:
+                finished = {future for future in remaining if future.done()}
+                if not finished:
+                    time.sleep(0.5)
+                remaining -= finished
+                for future in finished:
+                    block = futures[future]
+                    try:
+                        outcomes = future.result()
+                    except Exception as error:  # noqa: BLE001 - e.g. KilledWorker: the points failed, the sweep goes on
+                        outcomes = [{"key": p.key, "status": "FAILED", "run": None,
+                                     "error": f"{type(error).__name__}: {error}"} for p in block]
+                    busy = [by_key[o["key"]] for o in outcomes if o["status"] == "BUSY"]
+                    if busy:  # claimed by another worker or sweep: try again once it is released
+                        pending.extend([p] for p in busy)
+                    for outcome in outcomes:
+                        if outcome["status"] != "BUSY":
+                            summary[outcome["key"]] = outcome
+                            bar.update(1)
+                processing = _processing(client)
+                running = sum(len(futures[f]) for f in remaining if f.key in processing)
+                failed = sum(o["status"] == "FAILED" for o in summary.values())
+                bar.set_postfix({"done": len(summary) - failed, "running": running, "failed": failed}, refresh=True)
+            if pending:
+                time.sleep(BUSY_RETRY)
+    except KeyboardInterrupt:
+        bar.close()
+        raise _stop_runs(client, token, sweep, [f for f in futures if not f.done()]) from None
     bar.close()
     return [{"point": by_key[key], **summary[key]} for key in by_key]
+
+
+def _stop_runs(client, token: str, sweep: str, in_flight: list) -> SweepInterrupted:
+    """The sweep command was interrupted: every worker ends its runs of this command
+    INTERRUPTED at their next metric and starts no more points. Waits for those runs (up to
+    STOP_GRACE seconds; a second Ctrl-C stops waiting) and says which runs were interrupted."""
+    from distributed import wait
+
+    grace = float(os.environ.get("TOYLAB_SWEEP_STOP_GRACE") or STOP_GRACE)
+    left = 0
+    try:
+        asked = sum(client.run(stop, token).values())
+        print(f"\nsweep {sweep}: stopping, {asked} running run{'' if asked == 1 else 's'} to end INTERRUPTED at "
+              f"the next metric (waiting up to {grace:.0f} s; Ctrl-C again to leave them RUNNING)",
+              file=sys.stderr, flush=True)
+        deadline = time.time() + grace
+        while True:
+            left = sum(client.run(still_running, token).values())
+            if not left or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        wait(in_flight, timeout=5)  # the stopped runs' outcomes, on their way from the workers
+    except KeyboardInterrupt:
+        pass
+    except Exception as error:  # noqa: BLE001 - e.g. workers already gone: nothing left to stop
+        print(f"sweep {sweep}: could not stop the workers' runs ({type(error).__name__}: {error})", file=sys.stderr)
+    interrupted = []
+    for future in in_flight:
+        if future.done() and future.status == "finished":
+            interrupted += [o["run"] for o in future.result() if o["status"] == "INTERRUPTED"]
+    return SweepInterrupted(sorted(interrupted, key=str), left)
 
 
 def _processing(client) -> set:

@@ -1,14 +1,62 @@
 """What a Dask worker does with a block of points: claim, skip what is COMPLETED, train the
-rest together when the experiment allows, record each as its own run."""
+rest together when the experiment allows, record each as its own run; and how a stopped
+sweep's runs end INTERRUPTED rather than RUNNING."""
 from __future__ import annotations
 
 import contextlib
 import io
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
+from distributed import WorkerPlugin
+
+import observers
 from sweeps.points import Point, load_experiment
+
+# The runs this worker process is running now, and the sweeps asked to stop, by the token of
+# the sweep command that submitted them (a fresh one per command: a sweep run again after a
+# stop, on the same workers of an existing scheduler, is not refused).
+_LOCK = threading.Lock()
+_RUNNING: dict[str, set] = {}
+_STOPPED: set[str] = set()
+
+
+class LeaveInterruptsToTheSweep(WorkerPlugin):
+    """Dask worker plugin for the sweep's own local workers: a Ctrl-C at the terminal reaches
+    every process of the command, and a worker process it reached died on the spot with its
+    run RUNNING (shown DEAD). The workers ignore SIGINT; the sweep command stops their runs
+    (``stop``), so each ends INTERRUPTED with its metrics."""
+
+    name = "toylab-leave-interrupts-to-the-sweep"
+
+    def setup(self, worker):
+        if threading.current_thread() is threading.main_thread():  # a worker's event loop: its main thread
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def stop(token: str) -> int:
+    """Ask this worker's runs of the sweep command ``token`` to end INTERRUPTED at their next
+    metric, and start none of its points from now on. Returns how many runs were asked."""
+    with _LOCK:
+        _STOPPED.add(token)
+        runs = list(_RUNNING.get(token, ()))
+    for run in runs:
+        observers.request_stop(run)
+    return len(runs)
+
+
+def still_running(token: str) -> int:
+    """How many runs of the sweep command ``token`` this worker is still running."""
+    with _LOCK:
+        return len(_RUNNING.get(token, ()))
+
+
+def _stopped(token: str) -> bool:
+    with _LOCK:
+        return token in _STOPPED
 
 
 def preload(experiment_file: str) -> None:
@@ -16,8 +64,9 @@ def preload(experiment_file: str) -> None:
     load_experiment(experiment_file)
 
 
-def run_block(experiment_file: str, sweep: str, points: list[Point], store) -> list[dict]:
-    """Run the points of one block on this worker; one dict per point (its status and run)."""
+def run_block(experiment_file: str, sweep: str, points: list[Point], store, token: str = "") -> list[dict]:
+    """Run the points of one block on this worker; one dict per point (its status and run).
+    ``token``: the sweep command's, for ``stop``."""
     saved = dict(os.environ)
     for name, value in store.environment().items():  # the runs record where the sweep records
         if value is None:
@@ -25,13 +74,13 @@ def run_block(experiment_file: str, sweep: str, points: list[Point], store) -> l
         else:
             os.environ[name] = value
     try:
-        return _run_block(load_experiment(experiment_file), sweep, points, store)
+        return _run_block(load_experiment(experiment_file), sweep, points, store, token)
     finally:
         os.environ.clear()
         os.environ.update(saved)
 
 
-def _run_block(module, sweep: str, points: list[Point], store) -> list[dict]:
+def _run_block(module, sweep: str, points: list[Point], store, token: str) -> list[dict]:
     with contextlib.ExitStack() as stack:
         outcomes, mine = {}, []
         done = store.completed(sweep)
@@ -55,11 +104,14 @@ def _run_block(module, sweep: str, points: list[Point], store) -> list[dict]:
                 print(f"block training failed ({type(error).__name__}: {error}); running its points one by one",
                       file=sys.stderr)
         for point, share in zip(mine, shares):
-            outcomes[point.key] = _record(module, sweep, point, share, store)
+            if _stopped(token):  # the sweep was stopped: the rest of the block is not started
+                outcomes[point.key] = {"status": "STOPPED"}
+            else:
+                outcomes[point.key] = _record(module, sweep, point, share, store, token)
     return [{"key": point.key, **outcomes[point.key]} for point in points]
 
 
-def _record(module, sweep: str, point: Point, share, store) -> dict:
+def _record(module, sweep: str, point: Point, share, store, token: str = "") -> dict:
     """Run one point as an ordinary run of the experiment; its main records it (and takes
     ``share``, what ``train_block`` trained for it, when there is one)."""
     run = None
@@ -70,11 +122,21 @@ def _record(module, sweep: str, point: Point, share, store) -> dict:
         run = module.ex._create_run(config_updates=dict(point.updates), named_configs=list(point.named_configs),
                                     meta_info={"sweep": sweep, "sweep_point": point.key},
                                     info={"sweep": sweep}, options=options)
-        with contextlib.redirect_stdout(io.StringIO()):
-            run(*([share] if share is not None else []))
-    except BaseException as error:  # noqa: BLE001 - a failed point is reported, the sweep goes on
-        if isinstance(error, KeyboardInterrupt):
+        with _LOCK:
+            _RUNNING.setdefault(token, set()).add(run)
+            if token in _STOPPED:  # stopped between the check and now: the first metric ends it
+                observers.request_stop(run)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                run(*([share] if share is not None else []))
+        finally:
+            with _LOCK:
+                _RUNNING[token].discard(run)
+    except KeyboardInterrupt:
+        if not _stopped(token):
             raise
+        return {"status": "INTERRUPTED", "run": getattr(run, "_id", None)}
+    except BaseException as error:  # noqa: BLE001 - a failed point is reported, the sweep goes on
         return {"status": "FAILED", "run": getattr(run, "_id", None), "error": f"{type(error).__name__}: {error}"}
     fallback = next((str(o.fallback_run_dir) for o in run.observers if getattr(o, "fallback_run_dir", None)), None)
     if fallback is None:

@@ -376,3 +376,69 @@ def test_the_readme_s_convergence_sweeps_list_their_budgets():
         assert (f"epochs={doubled}" in words) if doubled else not any(w.startswith("epochs=") for w in words), words
     flow = listed("flow_vs_regression.py", "converged")
     assert len(flow) == 3 * 2 * 3 * 3 and all("training.num_epochs=30000" in words for words in flow)
+
+
+STOPPED = ["-m", "sweeps", GROKKING, "--name", "stopped", "--grid", "decoder_lr=1e-3,1e-2", "--workers", "2",
+           "--block-size", "1", "with", "train_steps=60000", "log_every=50"]  # one run at a time per worker
+
+
+def sweep_runs(root: Path) -> dict:
+    """run id -> (status, metrics) of every run directory with a readable run.json."""
+    runs = {}
+    for run_dir in root.glob("[0-9]*"):
+        try:
+            status = json.loads((run_dir / "run.json").read_text())["status"]
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+        runs[int(run_dir.name)] = (status, metrics)
+    return runs
+
+
+def start_and_stop(root: Path, signal_it) -> tuple[subprocess.Popen, str]:
+    """The sweep command in its own session (as at a terminal); once both workers' runs have
+    logged metrics, ``signal_it(process)``. Returns the process and its output."""
+    env = {**os.environ, "TOYLAB_RUNS_DIR": str(root)}
+    process = subprocess.Popen([sys.executable, *STOPPED], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not (len(sweep_runs(root)) == 2 and all(m.get("train.loss", {}).get("steps")
+                                                       for _, m in sweep_runs(root).values())):
+            assert time.time() < deadline and process.poll() is None, "no two runs with metrics to stop"
+            time.sleep(0.2)
+        assert {status for status, _ in sweep_runs(root).values()} == {"RUNNING"}
+        signal_it(process)
+        out, _ = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    return process, out
+
+
+@pytest.mark.parametrize("how", ["ctrl_c", "sigterm"])
+def test_stopped_sweep_records_its_running_runs_interrupted_then_reruns_them(tmp_path, how):
+    """Ctrl-C at a terminal reaches every process of the command, workers included (a worker
+    it reached used to die on the spot, its run left RUNNING, shown DEAD); SIGTERM reaches the
+    command alone. Either way each running run ends INTERRUPTED with its metrics so far, and
+    the same command then runs those points again."""
+    root = tmp_path / "runs"
+    if how == "ctrl_c":
+        process, out = start_and_stop(root, lambda p: os.killpg(p.pid, signal.SIGINT))
+    else:
+        process, out = start_and_stop(root, lambda p: p.send_signal(signal.SIGTERM))
+    assert process.returncode == 130, out
+    runs = sweep_runs(root)
+    assert sorted(status for status, _ in runs.values()) == ["INTERRUPTED", "INTERRUPTED"], out
+    assert f"runs {', '.join(map(str, sorted(runs)))} recorded INTERRUPTED" in out
+    for status, metrics in runs.values():
+        steps = metrics["train.loss"]["steps"]
+        assert 0 < steps[-1] < 60000 - 1 and steps == sorted(set(steps))  # metrics up to the stop, in order
+    if how == "sigterm":
+        return
+    again = subprocess.run([sys.executable, *STOPPED], cwd=REPO, env={**os.environ, "TOYLAB_RUNS_DIR": str(root)},
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "2 points: 2 run now, 0 already COMPLETED" in again.stdout
+    assert all(f"run {run} INTERRUPTED" in again.stdout for run in runs)  # "redone: ..."
+    assert sorted(status for status, _ in sweep_runs(root).values()) == ["COMPLETED"] * 2 + ["INTERRUPTED"] * 2

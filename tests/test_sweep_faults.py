@@ -139,7 +139,7 @@ def test_server_killed_worker_killed_and_ctrl_c_then_rerun_gives_every_point_onc
     check_every_point_once(db, sweep, keys)
     assert db.sweep_claims.count_documents({}) == 0  # no claim left held
     leftovers = list(db.runs.find({"meta.sweep": sweep, "status": {"$ne": "COMPLETED"}}, {"_id": 1, "status": 1}))
-    assert leftovers  # the killed worker's and the interrupted runs stay as they were (shown DEAD)
+    assert leftovers  # the killed worker's run (shown DEAD) and any the Ctrl-C interrupted stay as they were
     for doc in leftovers:
         assert f"run {doc['_id']} {doc['status']}" in again.stdout
 
