@@ -134,12 +134,15 @@ def test_server_killed_worker_killed_and_ctrl_c_then_rerun_gives_every_point_onc
     again = run_script(sweep_command(sweep), env=sweep_env(local_mongo, db_name, tmp_path), timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "already COMPLETED (skipped)" in again.stdout
-    assert "redone: " in again.stdout  # the killed and interrupted runs' points ran again, and it says so
     db = database(local_mongo, db_name)
     check_every_point_once(db, sweep, keys)
     assert db.sweep_claims.count_documents({}) == 0  # no claim left held
     leftovers = list(db.runs.find({"meta.sweep": sweep, "status": {"$ne": "COMPLETED"}}, {"_id": 1, "status": 1}))
-    assert leftovers  # the killed worker's run (shown DEAD) and any the Ctrl-C interrupted stay as they were
+    # the killed worker's run (RUNNING, shown DEAD) and those the Ctrl-C interrupted stay as they were, and the
+    # summary names each; there are none when both faults landed in a block's training, before its runs exist
+    assert {doc["status"] for doc in leftovers} <= {"RUNNING", "INTERRUPTED"}
+    if leftovers:
+        assert "redone: " in again.stdout  # their points ran again, and it says so
     for doc in leftovers:
         assert f"run {doc['_id']} {doc['status']}" in again.stdout
 
