@@ -29,7 +29,8 @@ from typing import Iterable, Optional
 
 import pandas as pd
 
-RUN_COLUMNS = ["run", "experiment", "status", "recorded_status", "start_time", "stop_time", "heartbeat", "sweep"]
+RUN_COLUMNS = ["run", "experiment", "status", "recorded_status", "start_time", "stop_time", "heartbeat", "sweep",
+               "sweep_point"]
 DEAD_AFTER = 120.0  # seconds without a heartbeat after which a RUNNING run counts as DEAD
 
 
@@ -211,7 +212,8 @@ def runs_table(source, experiment: Optional[str] = None, db_name: Optional[str] 
                "recorded_status": run.status,
                "start_time": run.get("start_time"), "stop_time": run.get("stop_time"),
                "heartbeat": run.get("heartbeat"),
-               "sweep": (run.get("meta") or {}).get("sweep")}  # the sweeps package tags its runs
+               # the sweeps package tags its runs with the sweep and the point
+               "sweep": (run.get("meta") or {}).get("sweep"), "sweep_point": (run.get("meta") or {}).get("sweep_point")}
         config = _flat_config(run)
         row.update(config)
         config_columns.update(config)
@@ -274,7 +276,9 @@ def sweep_runs(source, sweep: str, experiment: str | None = None, db_name: str |
                **config_filters) -> pd.DataFrame:
     """The COMPLETED runs of one sweep (``meta.sweep``): runs_table rows, from a file-storage
     directory or a MongoDB URL; ``experiment`` narrows it when two experiments share a sweep name.
-    ``source`` may also be a ``runs_table`` already loaded (one load for several sweeps)."""
+    ``source`` may also be a ``runs_table`` already loaded (one load for several sweeps).
+    One run per point: a point run again after its named config was edited (the sweep does
+    not count a run made under other values) has two COMPLETED runs, and the later counts."""
     if isinstance(source, pd.DataFrame):
         if config_filters:
             raise ValueError("config filters apply while loading; filter the table itself instead")
@@ -283,4 +287,8 @@ def sweep_runs(source, sweep: str, experiment: str | None = None, db_name: str |
         table = runs_table(source, experiment=experiment, db_name=db_name, **config_filters)
     if table.empty:
         return table
-    return table[(table["sweep"] == sweep) & (table["status"] == "COMPLETED")].reset_index(drop=True)
+    table = table[(table["sweep"] == sweep) & (table["status"] == "COMPLETED")]
+    if "sweep_point" in table:
+        latest = table.sort_values("start_time", kind="stable").drop_duplicates("sweep_point", keep="last")
+        table = table[table["sweep_point"].isna() | table.index.isin(latest.index)]
+    return table.reset_index(drop=True)

@@ -4,7 +4,8 @@ A point runs only under a claim: an fcntl lock on a file per point in
 ``<runs dir>/.sweep_claims/`` (released by the kernel when its process dies), or a document
 in MongoDB's ``sweep_claims`` collection (unique _id, kept alive by a heartbeat; an expired
 lease can be taken over). Under the claim a worker first looks for a COMPLETED run of the
-point in this sweep and skips it when there is one.
+point in this sweep and skips it when there is one (and the run's config has what the point's
+named configs set now: ``counted``).
 
 A store travels to the workers inside Dask's task graph, so it carries only plain data: the
 MongoDB client is made in the process that uses it (and never pickled), and the URL, which
@@ -74,9 +75,20 @@ class FileStore:
                 found.append((meta.get("sweep_point"), int(run_dir.name), data.get("status")))
         return found
 
-    def completed(self, sweep: str) -> dict:
-        """point key -> run id of the COMPLETED runs of ``sweep``."""
-        return {key: run for key, run, status in self.runs(sweep) if status == "COMPLETED"}
+    def completed_runs(self, sweep: str) -> list[tuple]:
+        """(point key, run id, recorded config) of every COMPLETED run of ``sweep``."""
+        found = []
+        for key, run, status in self.runs(sweep):
+            if status == "COMPLETED":
+                try:
+                    config = json.loads((self.root / str(run) / "config.json").read_text())
+                except (OSError, ValueError):
+                    config = {}
+                found.append((key, run, config))
+        return found
+
+    def completed(self, sweep: str, points=()) -> dict:
+        return counted(self.completed_runs(sweep), points)[0]
 
     @contextlib.contextmanager
     def claim(self, sweep: str, key: str):
@@ -225,8 +237,17 @@ class MongoStore:
         return ([(doc["meta"].get("sweep_point"), doc["_id"], doc.get("status")) for doc in docs]
                 + [(key, f"fallback {run}", status) for key, run, status in self.fallback.runs(sweep)])
 
-    def completed(self, sweep: str) -> dict:
-        return {key: run for key, run, status in self.runs(sweep) if status == "COMPLETED"}
+    def completed_runs(self, sweep: str) -> list[tuple]:
+        try:
+            docs = self._patiently(lambda: list(self.db.runs.find({"meta.sweep": sweep, "status": "COMPLETED"},
+                                                                  {"meta.sweep_point": 1, "config": 1})))
+        except StoreUnreachable:
+            docs = []
+        return ([(doc["meta"].get("sweep_point"), doc["_id"], doc.get("config") or {}) for doc in docs]
+                + [(key, f"fallback {run}", config) for key, run, config in self.fallback.completed_runs(sweep)])
+
+    def completed(self, sweep: str, points=()) -> dict:
+        return counted(self.completed_runs(sweep), points)[0]
 
     @contextlib.contextmanager
     def claim(self, sweep: str, key: str):
@@ -292,6 +313,23 @@ class MongoStore:
         with contextlib.suppress(Exception):  # the run is recorded either way; a tag is a convenience
             self._patiently(lambda: self.db.runs.update_one({"_id": run_id},
                                                             {"$addToSet": {"omniboard.tags": sweep}}), 30)
+
+
+def counted(completed_runs: list[tuple], points=()) -> tuple[dict, list]:
+    """Which COMPLETED runs count for their points: ``{point key: run id}``, and the stale
+    ones, ``[(point, run id, {key: (recorded, now)})]``: runs of one of ``points`` made under
+    other values of what its named configs set (a named config edited since), which do not
+    count, so the point runs again. Without ``points``, every COMPLETED run counts."""
+    by_key = {point.key: point for point in points}
+    done, stale = {}, []
+    for key, run, config in completed_runs:
+        point = by_key.get(key)
+        differences = point.differences(config) if point is not None else {}
+        if differences:
+            stale.append((point, run, differences))
+        else:
+            done.setdefault(key, run)
+    return done, [entry for entry in stale if entry[0].key not in done]
 
 
 def _is_transient(error) -> bool:

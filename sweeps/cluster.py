@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-from sweeps.claims import _safe, default_store
+from sweeps.claims import _safe, counted, default_store
 from sweeps.points import blocks, expand, load_experiment, point_configs
 from sweeps.worker import LeaveInterruptsToTheSweep, run_block, still_running, stop
 
@@ -81,7 +81,13 @@ def run_sweep(experiment_file: str, spec: dict, sweep: str, client, block_size: 
     if len(by_key) < len(points):
         raise SystemExit("the sweep has duplicate points (a key in both the grid and `with`?)")
     summary: dict = {}
-    done = store.completed(sweep)  # a resumed sweep sends only what is missing (workers check again, under claims)
+    # a resumed sweep sends only what is missing (workers check again, under claims)
+    done, stale = counted(store.completed_runs(sweep), points)
+    if stale:  # said before anything runs: a user who edited a named config by mistake can stop here
+        shown = "; ".join(f"run {run}: " + ", ".join(f"{key} {was!r}, now {now!r}" for key, (was, now) in diff.items())
+                          for _, run, diff in stale[:3])
+        print(f"sweep {sweep}: {len(stale)} points have a COMPLETED run made under other values of their named "
+              f"configs ({shown}{'; ...' if len(stale) > 3 else ''}): they run again", file=sys.stderr, flush=True)
     for point in points:
         if point.key in done:
             summary[point.key] = {"key": point.key, "status": "SKIPPED", "run": done[point.key]}

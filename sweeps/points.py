@@ -14,20 +14,34 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Point:
     """One run of a sweep: named configs and config updates, its identity, and (once
-    ``point_configs`` has built it) the full config its run will see."""
+    ``point_configs`` has built it) the full config its run will see, with ``pinned``: the
+    values of the keys its named configs set."""
 
     named_configs: tuple
     updates: dict = field(hash=False)
     key: str = ""
     config: dict = field(default=None, hash=False, compare=False)
+    pinned: dict = field(default=None, hash=False, compare=False)
+
+    def differences(self, recorded: dict) -> dict:
+        """The pinned keys whose value in a run's ``recorded`` config is not this point's:
+        ``{key: (recorded, now)}``. A key the run's config does not have is not compared."""
+        return {key: (recorded[key], value) for key, value in (self.pinned or {}).items()
+                if key in recorded and _canonical(recorded[key]) != _canonical(value)}
 
     def describe(self) -> str:
         parts = list(self.named_configs) + [f"{k}={v}" for k, v in self.updates.items()]
         return " ".join(parts)
 
 
+def _canonical(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)  # a tuple and the list it is recorded as agree
+
+
 def point_key(experiment: str, named_configs, updates: dict) -> str:
-    """Identity of a point: the same experiment, named configs and config updates."""
+    """Identity of a point: the same experiment, named configs and config updates. The named
+    configs count by name here; what they set is checked against each run's recorded config
+    (``Point.differences``), so a named config edited since a run does not count that run."""
     text = json.dumps({"experiment": experiment, "named_configs": list(named_configs), "config": updates},
                       sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
@@ -96,11 +110,18 @@ def point_configs(module, points: list[Point]) -> list[Point]:
     """The points with their full configs, as their runs will see them: the experiment's
     config hooks validate each (a harness.ConfigError stops the sweep before anything runs).
     Nothing is recorded."""
-    out = []
+    out, keys_of = [], {}
     for point in points:
         run = module.ex._create_run(config_updates=dict(point.updates), named_configs=list(point.named_configs),
                                     options={"--unobserved": True, "--loglevel": "ERROR"})
-        out.append(Point(point.named_configs, point.updates, point.key, dict(run.config)))
+        config = dict(run.config)
+        pinned = set()
+        for name in point.named_configs:
+            if name not in keys_of:
+                keys_of[name] = set(module.ex.named_configs[name]())  # the keys its body assigns
+            pinned |= keys_of[name]
+        out.append(Point(point.named_configs, point.updates, point.key, config,
+                         {key: config[key] for key in sorted(pinned) if key in config}))
     return out
 
 

@@ -83,7 +83,7 @@ def run_block(experiment_file: str, sweep: str, points: list[Point], store, toke
 def _run_block(module, sweep: str, points: list[Point], store, token: str) -> list[dict]:
     with contextlib.ExitStack() as stack:
         outcomes, mine = {}, []
-        done = store.completed(sweep)
+        done = store.completed(sweep, points)
         for point in points:
             if point.key in done:
                 outcomes[point.key] = {"status": "SKIPPED", "run": done[point.key]}
@@ -91,7 +91,7 @@ def _run_block(module, sweep: str, points: list[Point], store, token: str) -> li
                 mine.append(point)
             else:
                 outcomes[point.key] = {"status": "BUSY"}
-        done = store.completed(sweep)  # under the claims: someone may have finished a point meanwhile
+        done = store.completed(sweep, points)  # under the claims: someone may have finished a point meanwhile
         for point in list(mine):
             if point.key in done:
                 outcomes[point.key] = {"status": "SKIPPED", "run": done[point.key]}

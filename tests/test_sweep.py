@@ -442,3 +442,54 @@ def test_stopped_sweep_records_its_running_runs_interrupted_then_reruns_them(tmp
     assert "2 points: 2 run now, 0 already COMPLETED" in again.stdout
     assert all(f"run {run} INTERRUPTED" in again.stdout for run in runs)  # "redone: ..."
     assert sorted(status for status, _ in sweep_runs(root).values()) == ["COMPLETED"] * 2 + ["INTERRUPTED"] * 2
+
+
+TINY_EXPERIMENT = '''"""A tiny experiment with a named config, for the sweep's resume check."""
+import harness
+
+ex = harness.experiment("tiny_named")
+
+
+@ex.config
+def config():
+    steps = 2
+
+
+@ex.named_config
+def budget():
+    """The budget, edited between the sweeps of the test."""
+    steps = STEPS
+
+
+@ex.automain
+def main(steps, _run):
+    for step in range(steps):
+        _run.log_scalar("step", step, step)
+    return steps
+'''
+
+
+def test_a_run_made_before_its_named_config_was_edited_does_not_count_for_the_point(tmp_path):
+    """A point's key names its named configs, not what they set: when `budget` is edited, the
+    points' COMPLETED runs were made under other values. The sweep says so, runs them again,
+    and the analysis counts the new runs only; unedited, a re-run skips every point."""
+    import analysis
+    from conftest import run_script
+
+    experiment, root = tmp_path / "tiny_named.py", tmp_path / "runs"
+    command = ["-m", "sweeps", str(experiment), "--seeds", "2", "--workers", "1", "--name", "tiny", "with", "budget"]
+    env = {"TOYLAB_RUNS_DIR": str(root)}
+    outputs = []
+    for steps in (3, 3, 5):
+        experiment.write_text(TINY_EXPERIMENT.replace("STEPS", str(steps)))
+        done = run_script(command, env=env, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        outputs.append(done)
+    assert "2 points: 2 run now" in outputs[0].stdout
+    assert "2 points: 0 run now, 2 already COMPLETED (skipped)" in outputs[1].stdout
+    assert "2 points have a COMPLETED run made under other values of their named configs" in outputs[2].stderr
+    assert "steps 3, now 5" in outputs[2].stderr
+    assert "2 points: 2 run now" in outputs[2].stdout
+    table = analysis.sweep_runs(str(root), "tiny")
+    assert sorted(table["seed"]) == [0, 1] and set(table["steps"]) == {5}
+    assert len(analysis.runs_table(str(root))) == 4  # the earlier runs are kept, not counted
