@@ -50,8 +50,10 @@ def make_client(workers: Optional[int] = None, scheduler: Optional[str] = None, 
     # faults and about a fifth of the throughput. Training allocates the same sizes every step, so
     # glibc's own adaptive default is what fits.
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        # no dashboard; the scheduler's own HTTP endpoint (health checks) on a free local port, so a
+        # second sweep on the machine does not warn that 8787 is taken
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.ERROR)
+                               scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.ERROR)
     client = Client(cluster)
     client.register_plugin(LeaveInterruptsToTheSweep())  # also on workers the nanny restarts
     return client
