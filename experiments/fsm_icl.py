@@ -349,8 +349,8 @@ SWEEPS = {
     # machines; the probes run on each trained model's best checkpoint at the end of its run.
     "plan": {"variants": PLAN_5S5A + PLAN_HARDER, "config": {"probe_epochs": 20}, "seeds": 3},
     # The same plan, CPU-sized: cpu comes after the model's named config, so its budget wins,
-    # and a configuration whose runs had not all plateaued at a budget gets twice the epochs
-    # (CPU_EPOCHS); the hypotheses judge each configuration at its longest budget.
+    # and a configuration whose runs had not all plateaued at 80 epochs gets a power-of-two
+    # multiple of them (CPU_EPOCHS); the hypotheses judge each configuration at its longest budget.
     "plan_cpu": {"variants": [[name, "cpu"] + ([{"epochs": CPU_EPOCHS[name]}] if name in CPU_EPOCHS else [])
                               for name in PLAN_5S5A + PLAN_HARDER],
                  # lr in each point's key: the points first run under Adam 3e-3 are other points
