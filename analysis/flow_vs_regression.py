@@ -4,6 +4,8 @@ the comparison of paradigms across seeds from stored runs.
     table = paradigm_table("runs")                       # one row per completed run, with a paradigm label
     summarise(table, ["kind", "paradigm", "dataset.num_train"], ["final_eval_l2"])
     paired_difference(table, "final_eval_l2", "regression", "flow (gaussian)")
+    longest = at_longest_budget(table)                  # each configuration at its longest budget
+    paired_difference(longest, "final_eval_l2", "regression", "flow (gaussian)", by=CONFIGURATION[:-1])
     integration_table("runs")                            # eval L2 against integration steps, Euler and RK4
 
 Intervals are 95% Student-t intervals of the mean over seeds (n - 1 degrees of freedom).
@@ -21,8 +23,8 @@ from analysis.figures import plt
 from analysis.intervals import mean_ci
 from analysis.runs import metrics_table, plateaued, runs_table
 
-__all__ = ["EXPERIMENT", "mean_ci", "paradigm_table", "summarise", "paired_difference", "integration_table",
-           "plot_against_samples"]
+__all__ = ["EXPERIMENT", "CONFIGURATION", "mean_ci", "paradigm_table", "at_longest_budget", "summarise",
+           "paired_difference", "integration_table", "plot_against_samples"]
 
 EXPERIMENT = "flow_vs_regression"
 # Targets are sums of sinusoids with weights summing to 1, so |f| <= 1 (and |P f| <= sqrt(8)):
@@ -47,6 +49,23 @@ def paradigm_table(source, **config_filters) -> pd.DataFrame:
     table["diverged"] = diverged(table["final_eval_l2"])
     table["plateaued"] = plateaued(table)
     return table
+
+
+# what a configuration is, apart from its budget and seed
+CONFIGURATION = ["kind", "dataset.num_train", "network.architecture", "paradigm"]
+
+
+def at_longest_budget(table: pd.DataFrame) -> pd.DataFrame:
+    """The runs of each configuration (``CONFIGURATION``) at the longest budget
+    (``training.num_epochs``) it was run at: where a budget was too short for a configuration
+    to plateau and it ran again longer (the ``converged_longer`` sweep), the longer runs
+    replace the shorter ones, whichever seeds they have so far. A ``budget`` column says which."""
+    if table.empty:
+        return table.assign(budget=pd.Series(dtype="float"))
+    keys = [column for column in CONFIGURATION if column in table.columns]
+    table = table.reset_index(drop=True)
+    table["budget"] = table.groupby(keys, dropna=False)["training.num_epochs"].transform("max")
+    return table[table["training.num_epochs"] == table["budget"]].reset_index(drop=True)
 
 
 def diverged(l2: pd.Series) -> pd.Series:

@@ -39,9 +39,11 @@ from observers.mongo import redact
 # the published diagrams, their sweeps on the paper's split and over seeds (experiments/grokking.py SWEEPS)
 PHASE_SWEEPS = {f"phase_{name}_{kind}": diagram for kind in ("paper_split", "seeds")
                 for name, diagram in paper.SWEEP_NAMES.items()}
-# the flow comparison's sweeps, by preference: the first with runs is drawn ("converged": every
-# paradigm at 30000 epochs; "num_train_recon": num_train at 3000 epochs with --grid kind=recon)
-FLOW_SWEEPS = ("converged", "num_train", "num_train_recon")
+# the flow comparison's sweeps, by preference: the first group with runs is drawn, each
+# configuration at its longest budget ("converged": every paradigm at 30000 epochs, and
+# "converged_longer": 4x that where those had not plateaued; "num_train_recon": num_train at
+# 3000 epochs with --grid kind=recon)
+FLOW_SWEEPS = (("converged", "converged_longer"), ("num_train",), ("num_train_recon",))
 TWO_STAGE_VARIATION = ["input_dim", "input_cov", "hidden_sizes", "stage1_samples"]  # as notebooks/two_stage.ipynb
 
 
@@ -190,10 +192,9 @@ def list_ops(source):
 
 def flow_vs_regression(source):
     table = fvr.paradigm_table(source)
-    runs = table[table["sweep"].isin(FLOW_SWEEPS)] if not table.empty else table
-    runs = runs[runs["network.architecture"] == "concat"] if not runs.empty else runs
-    if not runs.empty:  # one sweep: the first of FLOW_SWEEPS that has runs
-        runs = runs[runs["sweep"] == next(name for name in FLOW_SWEEPS if name in set(runs["sweep"]))]
+    runs = table[table["network.architecture"] == "concat"] if not table.empty else table
+    chosen = next((names for names in FLOW_SWEEPS if not runs.empty and runs["sweep"].isin(names).any()), ())
+    runs = fvr.at_longest_budget(runs[runs["sweep"].isin(chosen)]) if chosen else runs.iloc[:0]
     if runs.empty:
         yield Skip("flow_vs_regression_*.png", "no COMPLETED runs of sweep converged or num_train: "
                                                "python -m sweeps experiments/flow_vs_regression.py --sweep converged")
@@ -202,8 +203,10 @@ def flow_vs_regression(source):
     for kind, group in errors.groupby("kind"):
         used = runs[runs["kind"] == kind]
         left_out = f", {int(group['diverged'].sum())} diverged runs left out" if group["diverged"].sum() else ""
+        budgets = "-".join(f"{b:,.0f}" for b in sorted({used["budget"].min(), used["budget"].max()}))
         fig = fvr.plot_against_samples(group, "final_eval_l2", "eval MSE (mean, 95% CI over seeds)",
-                                       title=f"{kind}: error on the evaluation set, {len(used)} runs{left_out}")
+                                       title=f"{kind}: error on the evaluation set, {len(used)} runs, "
+                                             f"{budgets} epochs{left_out}")
         sweeps = ", ".join(f"`{s}`" for s in sorted(set(used["sweep"])))
         yield Figure(f"flow_vs_regression_{kind}.png", f"eval MSE against training samples per paradigm ({kind})",
                      "flow_vs_regression", f"sweep {sweeps}, concat MLP", used["run"].tolist(), fig)

@@ -371,6 +371,15 @@ def test_analysis_compares_paradigms_with_intervals(runs):
     longer = table.assign(**{"training.num_epochs": table["training.num_epochs"] * 10, "run": table["run"] + 1000})
     both = fvr.paired_difference(pd.concat([table, longer]), "final_eval_l2", "flow (gaussian)", "regression")
     assert len(both) == 2 * len(paired) and (both["difference.n"] + both["diverged"] == len(SEEDS)).all()
+    # a configuration run again longer counts at its longest budget only, and pairs with the
+    # other paradigm's runs at theirs
+    gaussian_longer = longer[longer["paradigm"] == "flow (gaussian)"]
+    longest = fvr.at_longest_budget(pd.concat([table, gaussian_longer]))
+    assert sorted(longest["run"]) == sorted(table.loc[table["paradigm"] != "flow (gaussian)", "run"].tolist()
+                                            + gaussian_longer["run"].tolist())
+    assert set(longest.loc[longest["paradigm"] == "flow (gaussian)", "budget"]) == {10 * table["training.num_epochs"].max()}
+    across = fvr.paired_difference(longest, "final_eval_l2", "flow (gaussian)", "regression", by=fvr.CONFIGURATION[:-1])
+    assert len(across) == len(paired) and (across["difference.n"] + across["diverged"] == len(SEEDS)).all()
     assert set(finished["verdict"]) <= {"flow (gaussian) lower", "regression lower", "inconclusive"}
     # a diverged run (an overflowed integration) is counted, not averaged
     blown = table.assign(final_eval_l2=table["final_eval_l2"].where(table["paradigm"] != "flow (zeros)", 1e40))

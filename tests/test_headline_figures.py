@@ -50,6 +50,10 @@ def runs(tmp_path_factory):
     ids["flow_converged"] = sweep(FLOW, "converged", {
         "grid": {"dataset.num_train": [10]}, "named_configs": ["quick"],
         "variants": ["regression", "flow_gaussian"], "config": {"training.num_epochs": 120}, "seeds": 1}, store)
+    # the flow run again at a longer budget (as converged_longer does): it replaces the 120-epoch one
+    ids["flow_longer"] = sweep(FLOW, "converged_longer", {
+        "variants": [["flow_gaussian", {"dataset.num_train": 10}]], "named_configs": ["quick"],
+        "config": {"training.num_epochs": 240}, "seeds": 1}, store)
     with pytest.MonkeyPatch.context() as env:  # plain runs, recorded where the sweeps recorded theirs
         env.setenv("TOYLAB_RUNS_DIR", str(root))
         from experiments.fsm_icl import ex as fsm_icl
@@ -114,7 +118,7 @@ def test_every_figure_is_written_from_the_runs_it_names(runs, drawn):
     assert sorted(rows) == ALL
     expected = {"phase_mse_paper_split.png": ids["phase_mse_paper_split"],
                 "critical_fraction.png": ids["fraction_scan"],
-                "flow_vs_regression_recon.png": ids["flow_converged"],
+                "flow_vs_regression_recon.png": [ids["flow_converged"][0], *ids["flow_longer"]],  # regression, flow
                 "two_stage.png": ids["two_stage"], "fsm_icl.png": ids["fsm_icl"], "fsm_budget.png": ids["fsm_icl"],
                 "list_ops_accuracy.png": ids["list_ops"], "list_ops_attention.png": ids["list_ops"],
                 "grokking_transformer_cpu.png": ids["grokking_transformer"]}
@@ -122,7 +126,7 @@ def test_every_figure_is_written_from_the_runs_it_names(runs, drawn):
         assert rows[name]["ids"] == set(run_ids) and rows[name]["count"] == len(run_ids), name
         assert rows[name]["source"] == f"`{root}`"
     assert "sweep `phase_mse_paper_split`" in rows["phase_mse_paper_split.png"]["row"]
-    assert "sweep `converged`" in rows["flow_vs_regression_recon.png"]["row"]
+    assert "sweep `converged`, `converged_longer`" in rows["flow_vs_regression_recon.png"]["row"]
     # the attention maps are not stored as data: the run's own artifact, byte for byte, and SOURCES.md says so
     [list_run] = ids["list_ops"]
     assert (out / "list_ops_attention.png").read_bytes() == (root / str(list_run) / "attention_First.png").read_bytes()
