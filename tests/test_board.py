@@ -10,6 +10,7 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,30 @@ def require_chromium() -> None:
         pytest.skip(message)
 
 
+def stored_login(state) -> tuple[str, str]:
+    """The user and password `make board` generated into its state directory."""
+    stored = json.loads((Path(state) / "credentials").read_text())
+    return stored["user"], stored["password"]
+
+
+@contextmanager
+def logged_in_page(user: str, password: str, viewport: dict = None):
+    """Debian's Chromium with a page logged in to the board (HTTP basic auth): yields
+    (browser, page), the browser for other contexts (a stranger's); closed on exit."""
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    OUTPUT.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport=viewport or {"width": 1400, "height": 900},
+                                          http_credentials={"username": user, "password": password})
+            yield browser, context.new_page()
+        finally:
+            browser.close()
+
+
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
     require_board("make board")
@@ -58,9 +83,9 @@ def board(tmp_path_factory):
     started = make("board", env)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
-        credentials = json.loads((tmp / "state" / "credentials").read_text())
-        yield {"env": env, "out": started.stdout, "state": tmp / "state", "user": credentials["user"],
-               "password": credentials["password"], "url": f"http://127.0.0.1:{env['TOYLAB_BOARD_PORT']}/sacred"}
+        user, password = stored_login(tmp / "state")
+        yield {"env": env, "out": started.stdout, "state": tmp / "state", "user": user,
+               "password": password, "url": f"http://127.0.0.1:{env['TOYLAB_BOARD_PORT']}/sacred"}
     finally:
         stopped = make("board-stop", env)
         assert stopped.returncode == 0, stopped.stderr
@@ -107,48 +132,39 @@ def test_api_refuses_without_login(board):
 
 
 def test_browser_sees_the_run_its_metrics_plot_and_artifacts(board):
-    require_chromium()
-    from playwright.sync_api import Error as PlaywrightError, expect, sync_playwright
+    from playwright.sync_api import Error as PlaywrightError, expect
 
-    OUTPUT.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            stranger = browser.new_context()  # no login: the browser gets no page, only a 401
-            with pytest.raises(PlaywrightError, match="ERR_INVALID_AUTH_CREDENTIALS"):
-                stranger.new_page().goto(board["url"])
-            assert stranger.request.get(board["url"]).status == 401
-            stranger.close()
+    with logged_in_page(board["user"], board["password"], {"width": 1400, "height": 1000}) as (browser, page):
+        stranger = browser.new_context()  # no login: the browser gets no page, only a 401
+        with pytest.raises(PlaywrightError, match="ERR_INVALID_AUTH_CREDENTIALS"):
+            stranger.new_page().goto(board["url"])
+        assert stranger.request.get(board["url"]).status == 401
+        stranger.close()
 
-            context = browser.new_context(viewport={"width": 1400, "height": 1000},
-                                          http_credentials={"username": board["user"], "password": board["password"]})
-            page = context.new_page()
-            page.goto(board["url"])
-            row = page.get_by_role("row").filter(has_text="grokking")
-            expect(row).to_have_count(1, timeout=60_000)  # the page says "Loading..." until its API calls return
-            expect(row).to_contain_text("COMPLETED")
-            # the board's own columns: the run's results (Omniboard by itself shows config keys but no
-            # result), at the right end of the table, which draws only the columns in view
-            result = json.loads((Path(board["env"]["TOYLAB_RUNS_DIR"]) / "1" / "run.json").read_text())["result"]
-            page.mouse.move(700, 400)
-            for _ in range(30):
-                page.mouse.wheel(3000, 0)
-            for column in ("Phase", "T Train", "Steps"):
-                expect(page.get_by_role("columnheader").filter(has_text=column).first).to_be_visible(timeout=30_000)
-            expect(page.get_by_role("row").filter(has_text=result["phase"])).to_have_count(1)
-            page.screenshot(path=str(OUTPUT / "board-result-columns.png"))
-            for _ in range(30):
-                page.mouse.wheel(-3000, 0)
+        page.goto(board["url"])
+        row = page.get_by_role("row").filter(has_text="grokking")
+        expect(row).to_have_count(1, timeout=60_000)  # the page says "Loading..." until its API calls return
+        expect(row).to_contain_text("COMPLETED")
+        # the board's own columns: the run's results (Omniboard by itself shows config keys but no
+        # result), at the right end of the table, which draws only the columns in view
+        result = json.loads((Path(board["env"]["TOYLAB_RUNS_DIR"]) / "1" / "run.json").read_text())["result"]
+        page.mouse.move(700, 400)
+        for _ in range(30):
+            page.mouse.wheel(3000, 0)
+        for column in ("Phase", "T Train", "Steps"):
+            expect(page.get_by_role("columnheader").filter(has_text=column).first).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("row").filter(has_text=result["phase"])).to_have_count(1)
+        page.screenshot(path=str(OUTPUT / "board-result-columns.png"))
+        for _ in range(30):
+            page.mouse.wheel(-3000, 0)
 
-            row.get_by_text("grokking", exact=True).click()
-            expect(page.get_by_text("Details for:")).to_be_visible(timeout=30_000)
-            legend = page.locator(".legendtext", has_text="test.acc")  # plotly's legend of the metrics plot
-            expect(legend).to_be_visible(timeout=30_000)
-            page.screenshot(path=str(OUTPUT / "board-metrics-plot.png"))
+        row.get_by_text("grokking", exact=True).click()
+        expect(page.get_by_text("Details for:")).to_be_visible(timeout=30_000)
+        legend = page.locator(".legendtext", has_text="test.acc")  # plotly's legend of the metrics plot
+        expect(legend).to_be_visible(timeout=30_000)
+        page.screenshot(path=str(OUTPUT / "board-metrics-plot.png"))
 
-            page.get_by_text("Artifacts", exact=True).click()
-            for name in ("training_curves.png", "representation.png"):
-                expect(page.get_by_text(name).first).to_be_visible(timeout=30_000)
-            page.screenshot(path=str(OUTPUT / "board-artifacts.png"))
-        finally:
-            browser.close()
+        page.get_by_text("Artifacts", exact=True).click()
+        for name in ("training_curves.png", "representation.png"):
+            expect(page.get_by_text(name).first).to_be_visible(timeout=30_000)
+        page.screenshot(path=str(OUTPUT / "board-artifacts.png"))

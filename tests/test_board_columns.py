@@ -23,7 +23,7 @@ import pytest
 from localboard import columns
 from localboard.processes import port_open
 from tests.conftest import require_board, run_script
-from tests.test_board import CHROMIUM, CHROMIUM_ARGS, OUTPUT, make, own_board_env, require_chromium
+from tests.test_board import OUTPUT, logged_in_page, make, own_board_env, require_chromium, stored_login
 
 
 def run(config, result):
@@ -72,8 +72,8 @@ def sweep_board(tmp_path_factory):
     started = make("board", env)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
-        credentials = json.loads((tmp / "state" / "credentials").read_text())
-        yield {"env": env, "runs": tmp / "runs", "user": credentials["user"], "password": credentials["password"],
+        user, password = stored_login(tmp / "state")
+        yield {"env": env, "runs": tmp / "runs", "user": user, "password": password,
                "url": f"http://127.0.0.1:{env['TOYLAB_BOARD_PORT']}/sacred"}
     finally:
         stopped = make("board-stop", env)
@@ -127,7 +127,7 @@ def header_order(page, shots: dict) -> list[str]:
 
 def test_browser_shows_omniboards_columns_first_and_the_boards_at_the_right_end(sweep_board):
     require_chromium()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from localboard.server import DB_NAME, mongo_url
     from observers.sync import connect
@@ -139,20 +139,12 @@ def test_browser_shows_omniboards_columns_first_and_the_boards_at_the_right_end(
         [{"config": config, "result": run["result"]} for config, run in zip(configs, runs)])]
     assert ours[0] == "decoder_lr" and {"phase", "t_train", "t_test", "final_test_acc"} <= set(ours)
 
-    OUTPUT.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport=VIEWPORT, http_credentials={"username": sweep_board["user"],
-                                                                               "password": sweep_board["password"]})
-            page = context.new_page()
-            page.goto(sweep_board["url"])
-            expect(page.get_by_role("row").filter(has_text="grokking")).to_have_count(2, timeout=60_000)
-            page.screenshot(path=str(OUTPUT / "board-columns-opening.png"))  # what the table opens with
-            order = header_order(page, {ours[0]: OUTPUT / "board-columns-board-columns.png"})
-            stored = json.loads(page.evaluate("() => localStorage.getItem('default|RunsTable|1')"))
-        finally:
-            browser.close()
+    with logged_in_page(sweep_board["user"], sweep_board["password"], VIEWPORT) as (_, page):
+        page.goto(sweep_board["url"])
+        expect(page.get_by_role("row").filter(has_text="grokking")).to_have_count(2, timeout=60_000)
+        page.screenshot(path=str(OUTPUT / "board-columns-opening.png"))  # what the table opens with
+        order = header_order(page, {ours[0]: OUTPUT / "board-columns-board-columns.png"})
+        stored = json.loads(page.evaluate("() => localStorage.getItem('default|RunsTable|1')"))
 
     assert order[:len(OMNIBOARD_FIRST)] == OMNIBOARD_FIRST
     assert order[-len(ours):] == ours  # the board's columns: the right end, in the board's order

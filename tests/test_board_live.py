@@ -33,7 +33,8 @@ from observers.file_storage import AtomicFileStorageObserver
 from observers.metric_documents import CHUNKS, METRICS, read_metrics, split_series
 from observers.sync import Uploader
 from tests.conftest import REPO, require_board
-from tests.test_board import CHROMIUM, CHROMIUM_ARGS, OUTPUT, UNSET, make, own_board_env, require_chromium
+from tests.test_board import (OUTPUT, UNSET, logged_in_page, make, own_board_env, require_chromium,
+                              stored_login)
 
 
 # ------------------------------------------------------------------ runs written as a run writes them
@@ -323,15 +324,10 @@ def localboard(args: list, env: dict) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def login(env: dict) -> tuple[str, str]:
-    stored = json.loads((Path(env["TOYLAB_BOARD_STATE"]) / "credentials").read_text())
-    return stored["user"], stored["password"]
-
-
 def board_client(env: dict):
     from localboard.server import mongo_url
 
-    user, password = login(env)
+    user, password = stored_login(env["TOYLAB_BOARD_STATE"])
     return pymongo.MongoClient(mongo_url(int(env["TOYLAB_BOARD_MONGO_PORT"]), user, password),
                                serverSelectionTimeoutMS=10_000)
 
@@ -355,27 +351,22 @@ def live_env(tmp_path):
 
 def test_a_run_started_after_make_board_appears_in_omniboard_running_then_completed(live_env):
     require_chromium()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     env, runs = live_env, Path(live_env["TOYLAB_RUNS_DIR"])
     started = make("board", env)
     assert started.returncode == 0, started.stdout + started.stderr
     assert "sync: 0 uploaded, 0 already in MongoDB" in started.stdout and "Following" in started.stdout
-    user, password = login(env)
+    user, password = stored_login(env["TOYLAB_BOARD_STATE"])
     pid = watcher_pid(env)
     assert watcher_processes(env) == [pid]
     assert password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
 
-    OUTPUT.mkdir(exist_ok=True)
     client = board_client(env)
     db = client["sacred"]
     experiment = None
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with logged_in_page(user, password) as (_, page):
         try:
-            context = browser.new_context(viewport={"width": 1400, "height": 900},
-                                          http_credentials={"username": user, "password": password})
-            page = context.new_page()
             page.goto(f"http://127.0.0.1:{env['TOYLAB_BOARD_PORT']}/sacred")
             expect(page.get_by_text("Loading app...")).to_have_count(0, timeout=60_000)
             row = page.get_by_role("row").filter(has_text="grokking")
@@ -423,7 +414,6 @@ def test_a_run_started_after_make_board_appears_in_omniboard_running_then_comple
             browser_shows("COMPLETED", 15 - (time.monotonic() - ended), "board-live-completed.png")
             browser_completed = time.monotonic() - ended
         finally:
-            browser.close()
             if experiment is not None and experiment.poll() is None:
                 experiment.kill()
                 experiment.wait()
@@ -493,4 +483,4 @@ def test_after_a_recovery_one_watcher_follows_the_runs_and_stop_stops_it(live_en
     assert stopped.stdout.strip() == "stopped the runs watcher, Omniboard and the local MongoDB server"
     assert wait_for(lambda: gone(last), 5, "the watcher gone after stop", 0.1) and watcher_processes(env) == []
     assert not (state / "watcher.pid").exists()
-    assert login(env)[1] not in (state / "watcher.log").read_text()
+    assert stored_login(env["TOYLAB_BOARD_STATE"])[1] not in (state / "watcher.log").read_text()

@@ -25,7 +25,7 @@ import pytest
 
 from localboard.processes import listening_ports, port_open
 from tests.conftest import REPO, require_board, run_script
-from tests.test_board import CHROMIUM, CHROMIUM_ARGS, OUTPUT, UNSET, make, own_board_env, require_chromium
+from tests.test_board import OUTPUT, UNSET, logged_in_page, make, own_board_env, stored_login
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +74,9 @@ def board_processes(env: dict) -> dict:
     return found
 
 
-def login(env: dict) -> tuple[str, str]:
-    stored = json.loads((Path(env["TOYLAB_BOARD_STATE"]) / "credentials").read_text())
-    return stored["user"], stored["password"]
-
-
 def api_runs(env: dict, timeout: float = 10):
     """(HTTP status, body) of Omniboard's runs API with the login; (None, error) if no answer."""
-    user, password = login(env)
+    user, password = stored_login(env["TOYLAB_BOARD_STATE"])
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     request = urllib.request.Request(f"http://127.0.0.1:{env['TOYLAB_BOARD_PORT']}/sacred/api/v1/Runs",
                                      headers={"Authorization": f"Basic {token}"})
@@ -103,7 +98,7 @@ def mongo_client(env: dict, **options):
 
     from localboard.server import mongo_url
 
-    user, password = login(env)
+    user, password = stored_login(env["TOYLAB_BOARD_STATE"])
     return pymongo.MongoClient(mongo_url(int(env["TOYLAB_BOARD_MONGO_PORT"]), user, password), **options)
 
 
@@ -120,26 +115,16 @@ def integrity(sqlite_file: Path, scratch: Path) -> str:
 
 def browser_shows_the_run(env: dict, screenshot: str) -> None:
     """Log in to Omniboard in Chromium and find the grokking run's row (screenshot as evidence)."""
-    require_chromium()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    user, password = login(env)
-    OUTPUT.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with logged_in_page(*stored_login(env["TOYLAB_BOARD_STATE"])) as (_, page):
+        page.goto(f"http://127.0.0.1:{env['TOYLAB_BOARD_PORT']}/sacred")
+        row = page.get_by_role("row").filter(has_text="grokking")
         try:
-            context = browser.new_context(viewport={"width": 1400, "height": 900},
-                                          http_credentials={"username": user, "password": password})
-            page = context.new_page()
-            page.goto(f"http://127.0.0.1:{env['TOYLAB_BOARD_PORT']}/sacred")
-            row = page.get_by_role("row").filter(has_text="grokking")
-            try:
-                expect(row).to_have_count(1, timeout=30_000)
-                expect(row).to_contain_text("COMPLETED")
-            finally:
-                page.screenshot(path=str(OUTPUT / screenshot))
+            expect(row).to_have_count(1, timeout=30_000)
+            expect(row).to_contain_text("COMPLETED")
         finally:
-            browser.close()
+            page.screenshot(path=str(OUTPUT / screenshot))
 
 
 def test_server_sigkilled_mid_write_then_make_board_keeps_the_data_and_the_browser_shows_the_runs(board_env, tmp_path):
