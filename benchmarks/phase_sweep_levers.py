@@ -104,22 +104,9 @@ def products_seconds(models: int, dtype: torch.dtype, steps: int = 200, repeats:
     return best
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=2000, help="steps per throughput measurement")
-    parser.add_argument("--models", type=int, nargs="+", default=[1, 16, 32, 64])
-    parser.add_argument("--fixed-point-steps", type=int, default=40000)
-    parser.add_argument("--arithmetic-models", type=int, default=16, help="models per step in table 3")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-
-    print("1. models per batched step (paper config, one thread, best of 3)")
-    print("| models | model-steps/s |\n|---:|---:|")
-    for models in args.models:
-        print(f"| {models} | {throughput(models, args.steps):.0f} |")
-
-    rows, outcomes = fixed_point(args.fixed_point_steps)
-    print(f"\n2. largest parameter change over 500 steps (seed 2; {args.fixed_point_steps} steps; phase so far)")
+def table_fixed_point(steps: int) -> None:
+    rows, outcomes = fixed_point(steps)
+    print(f"\n2. largest parameter change over 500 steps (seed 2; {steps} steps; phase so far)")
     header = [f"lr {lr:g} wd {wd:g}" for lr, wd in UNDECIDED]
     print("| step | " + " | ".join(header) + " |\n|---:|" + "---:|" * len(header))
     shown = [r for r in rows if r[0] in {1000, 5000, 10000, 20000, 30000} or r is rows[-1]]
@@ -127,16 +114,38 @@ def main():
         print(f"| {step} | " + " | ".join(f"{c:.1e}" for c in changes) + " |")
     print("| t_train / t_test | " + " | ".join(f"{o.t_train} / {o.t_test}" for o in outcomes) + " |")
 
-    g = args.arithmetic_models
-    step = g / throughput(g, args.steps)  # seconds per training step of g models
+
+def table_arithmetic(g: int, steps: int) -> None:
+    step = g / throughput(g, steps)  # seconds per training step of g models
     print(f"\n3. one training step of {g} models against its matrix products alone (one thread, best of 5)")
     print(f"whole step, float32: {step * 1e3:.2f} ms")
     print("| products in | ms per step | share of the float32 step | whole step at most x faster |\n|---|---:|---:|---:|")
     fp32 = products_seconds(g, torch.float32)
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
-        seconds = products_seconds(g, dtype)
+        seconds = fp32 if dtype == torch.float32 else products_seconds(g, dtype)
         bound = step / (step - fp32 + seconds)  # the rest of the step unchanged
         print(f"| {str(dtype).replace('torch.', '')} | {seconds * 1e3:.2f} | {seconds / step:.0%} | {bound:.2f} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=2000, help="steps per throughput measurement")
+    parser.add_argument("--models", type=int, nargs="+", default=[1, 16, 32, 64])
+    parser.add_argument("--fixed-point-steps", type=int, default=40000)
+    parser.add_argument("--arithmetic-models", type=int, default=16, help="models per step in table 3")
+    parser.add_argument("--tables", type=int, nargs="+", choices=[1, 2, 3], default=[1, 2, 3], help="which tables")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    if 1 in args.tables:
+        print("1. models per batched step (paper config, one thread, best of 3)")
+        print("| models | model-steps/s |\n|---:|---:|")
+        for models in args.models:
+            print(f"| {models} | {throughput(models, args.steps):.0f} |")
+    if 2 in args.tables:
+        table_fixed_point(args.fixed_point_steps)
+    if 3 in args.tables:
+        table_arithmetic(args.arithmetic_models, args.steps)
 
 
 if __name__ == "__main__":
