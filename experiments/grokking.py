@@ -316,7 +316,7 @@ SWEEPS = {
         "config": {"train_steps": 10000},
         "seeds": 10,
     },
-    "fraction_scan_quick": {  # at 2000 steps most runs have not generalised yet, whatever the fraction
+    "fraction_scan_quick": {  # 5000 steps: at 2000 most runs had not generalised yet, whatever the fraction
         "grid": {"train_fraction": [0.2, 0.4, 0.6, 0.8]},
         "named_configs": ["paper"],
         "config": {"train_steps": 5000},
