@@ -469,27 +469,44 @@ def main(steps, _run):
 '''
 
 
-def test_a_run_made_before_its_named_config_was_edited_does_not_count_for_the_point(tmp_path):
+@pytest.mark.parametrize("store", ["files", "mongodb"])
+def test_a_run_made_before_its_named_config_was_edited_does_not_count_for_the_point(tmp_path, store):
     """A point's key names its named configs, not what they set: when `budget` is edited, the
     points' COMPLETED runs were made under other values. The sweep says so, runs them again,
-    and the analysis counts the new runs only; unedited, a re-run skips every point."""
+    and the analysis counts the new runs only; unedited, a re-run skips every point. In file
+    storage and in a real MongoDB server (the runs' recorded configs are read back from each)."""
+    import pymongo
+
     import analysis
     from conftest import run_script
 
     experiment, root = tmp_path / "tiny_named.py", tmp_path / "runs"
     command = ["-m", "sweeps", str(experiment), "--seeds", "2", "--workers", "1", "--name", "tiny", "with", "budget"]
-    env = {"TOYLAB_RUNS_DIR": str(root)}
-    outputs = []
-    for steps in (3, 3, 5):
-        experiment.write_text(TINY_EXPERIMENT.replace("STEPS", str(steps)))
-        done = run_script(command, env=env, timeout=120)
-        assert done.returncode == 0, done.stdout + done.stderr
-        outputs.append(done)
-    assert "2 points: 2 run now" in outputs[0].stdout
-    assert "2 points: 0 run now, 2 already COMPLETED (skipped)" in outputs[1].stdout
-    assert "2 points have a COMPLETED run made under other values of their named configs" in outputs[2].stderr
-    assert "steps 3, now 5" in outputs[2].stderr
-    assert "2 points: 2 run now" in outputs[2].stdout
-    table = analysis.sweep_runs(str(root), "tiny")
-    assert sorted(table["seed"]) == [0, 1] and set(table["steps"]) == {5}
-    assert len(analysis.runs_table(str(root))) == 4  # the earlier runs are kept, not counted
+    env, source, db_name, client = {"TOYLAB_RUNS_DIR": str(root)}, str(root), None, None
+    if store == "mongodb":
+        url = os.environ.get("TOYLAB_TEST_MONGO_URL")
+        if not url:
+            pytest.skip("no real MongoDB server: set TOYLAB_TEST_MONGO_URL or install the local one (make test-deps)")
+        db_name = f"toylab_stale_{os.getpid()}"
+        env, source = {"TOYLAB_MONGO_URL": url, "TOYLAB_MONGO_DB": db_name}, url
+        client = pymongo.MongoClient(url, serverSelectionTimeoutMS=5000)
+    try:
+        outputs = []
+        for steps in (3, 3, 5):
+            experiment.write_text(TINY_EXPERIMENT.replace("STEPS", str(steps)))
+            done = run_script(command, env=env, timeout=120)
+            assert done.returncode == 0, done.stdout + done.stderr
+            outputs.append(done)
+        assert "2 points: 2 run now" in outputs[0].stdout
+        assert "2 points: 0 run now, 2 already COMPLETED (skipped)" in outputs[1].stdout
+        assert "2 points have a COMPLETED run made under other values of their named configs" in outputs[2].stderr
+        assert "steps 3, now 5" in outputs[2].stderr
+        assert "2 points: 2 run now" in outputs[2].stdout
+        table = analysis.sweep_runs(source, "tiny", db_name=db_name)
+        assert sorted(table["seed"]) == [0, 1] and set(table["steps"]) == {5}
+        assert len(analysis.runs_table(source, db_name=db_name)) == 4  # the earlier runs are kept, not counted
+        if client is not None:
+            assert not root.exists()  # every run went to the server
+    finally:
+        if client is not None:
+            client.drop_database(db_name)
