@@ -57,14 +57,19 @@ CONFIGURATION = ["kind", "dataset.num_train", "network.architecture", "paradigm"
 
 def at_longest_budget(table: pd.DataFrame) -> pd.DataFrame:
     """The runs of each configuration (``CONFIGURATION``) at the longest budget
-    (``training.num_epochs``) it was run at: where a budget was too short for a configuration
-    to plateau and it ran again longer (the ``converged_longer`` sweep), the longer runs
-    replace the shorter ones, whichever seeds they have so far. A ``budget`` column says which."""
+    (``training.num_epochs``) it was run at with all its seeds: where a budget was too short
+    for a configuration to plateau and it ran again longer (the ``converged_longer`` sweep),
+    the longer runs replace the shorter ones once they have as many seeds (a longer sweep
+    still running does not turn a 3-seed mean into a 1-seed one). A ``budget`` column says
+    which budget each configuration is at."""
     if table.empty:
         return table.assign(budget=pd.Series(dtype="float"))
     keys = [column for column in CONFIGURATION if column in table.columns]
     table = table.reset_index(drop=True)
-    table["budget"] = table.groupby(keys, dropna=False)["training.num_epochs"].transform("max")
+    seeds = table.groupby(keys + ["training.num_epochs"], dropna=False)["seed"].nunique().rename("n").reset_index()
+    seeds = seeds[seeds["n"] == seeds.groupby(keys, dropna=False)["n"].transform("max")]
+    budgets = seeds.groupby(keys, dropna=False)["training.num_epochs"].max().rename("budget").reset_index()
+    table = table.merge(budgets, on=keys, how="left")
     return table[table["training.num_epochs"] == table["budget"]].reset_index(drop=True)
 
 

@@ -380,6 +380,9 @@ def test_analysis_compares_paradigms_with_intervals(runs):
     assert set(longest.loc[longest["paradigm"] == "flow (gaussian)", "budget"]) == {10 * table["training.num_epochs"].max()}
     across = fvr.paired_difference(longest, "final_eval_l2", "flow (gaussian)", "regression", by=fvr.CONFIGURATION[:-1])
     assert len(across) == len(paired) and (across["difference.n"] + across["diverged"] == len(SEEDS)).all()
+    # ... but not while the longer runs have fewer seeds than the shorter (a sweep still running)
+    partial = gaussian_longer[gaussian_longer["seed"] == SEEDS[0]]
+    assert sorted(fvr.at_longest_budget(pd.concat([table, partial]))["run"]) == sorted(table["run"])
     assert set(finished["verdict"]) <= {"flow (gaussian) lower", "regression lower", "inconclusive"}
     # a diverged run (an overflowed integration) is counted, not averaged
     blown = table.assign(final_eval_l2=table["final_eval_l2"].where(table["paradigm"] != "flow (zeros)", 1e40))
