@@ -90,6 +90,11 @@ def run_sweep(experiment_file: str, spec: dict, sweep: str, client, block_size: 
                           for _, run, diff in stale[:3])
         print(f"sweep {sweep}: {len(stale)} points have a COMPLETED run made under other values of their named "
               f"configs ({shown}{'; ...' if len(stale) > 3 else ''}): they run again", file=sys.stderr, flush=True)
+    waiting = [run for run in done.values() if str(run).startswith("fallback ")]
+    if waiting:  # recorded while MongoDB was unreachable: done, but not in MongoDB until synced
+        where = store.fallback.root
+        print(f"sweep {sweep}: {len(waiting)} COMPLETED runs are in fallback file storage {where}, not in MongoDB "
+              f"(they count as done): upload them with: python -m observers sync {where}", file=sys.stderr, flush=True)
     for point in points:
         if point.key in done:
             summary[point.key] = {"key": point.key, "status": "SKIPPED", "run": done[point.key]}

@@ -134,6 +134,13 @@ def test_server_killed_worker_killed_and_ctrl_c_then_rerun_gives_every_point_onc
     again = run_script(sweep_command(sweep), env=sweep_env(local_mongo, db_name, tmp_path), timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "already COMPLETED (skipped)" in again.stdout
+    # a run that started the instant the server died is recorded in fallback file storage: it
+    # counts as done, the re-run says where it is, and the user's sync uploads it
+    fallback = tmp_path / "runs" / "fallback"
+    if fallback.is_dir() and any(d.name.isdigit() for d in fallback.iterdir()):
+        assert f"python -m observers sync {fallback}" in again.stderr, again.stderr
+        synced = run_script(["-m", "observers", "sync", str(fallback)], env=sweep_env(local_mongo, db_name, tmp_path))
+        assert synced.returncode == 0, synced.stdout + synced.stderr
     db = database(local_mongo, db_name)
     check_every_point_once(db, sweep, keys)
     assert db.sweep_claims.count_documents({}) == 0  # no claim left held
