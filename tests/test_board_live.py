@@ -36,6 +36,11 @@ from tests.conftest import REPO, require_board
 from tests.test_board import (OUTPUT, UNSET, logged_in_page, make, own_board_env, require_chromium,
                               stored_login)
 
+# A run's document is written before its metrics and artifacts; only this marks one uploaded
+# whole. Waiting on the status alone, a test that then kills the watcher or the server cuts
+# an upload off half-way, and the next sync rightly uploads the run again.
+FULLY_SYNCED = {"status": "COMPLETED", "toylab_sync.complete": True}
+
 
 # ------------------------------------------------------------------ runs written as a run writes them
 class FileRun:
@@ -265,7 +270,7 @@ def test_the_watcher_process_follows_a_server_restart_quietly_and_logs_no_passwo
         first.beat()
         wait_for(lambda: board_db.runs.find_one({"status": "RUNNING"}), 15, "the running run in the database")
         first.complete(None)
-        wait_for(lambda: board_db.runs.find_one({"status": "COMPLETED"}), 10, "the run COMPLETED in the database")
+        wait_for(lambda: board_db.runs.find_one(FULLY_SYNCED), 10, "the run COMPLETED in the database, all uploaded")
 
         local_mongo.kill()  # the server dies; runs go on being written
         second = FileRun(root)
@@ -277,7 +282,7 @@ def test_the_watcher_process_follows_a_server_restart_quietly_and_logs_no_passwo
         client = pymongo.MongoClient(local_mongo.url(), serverSelectionTimeoutMS=10_000)
         try:
             db = client["sacred"]
-            wait_for(lambda: db.runs.count_documents({"status": "COMPLETED"}) == 2, 20,
+            wait_for(lambda: db.runs.count_documents(FULLY_SYNCED) == 2, 20,
                      "the run written while the server was down, in the database once it is back")
             assert db.runs.count_documents({}) == 2
             for run in (first, second):
@@ -461,7 +466,7 @@ def test_after_a_recovery_one_watcher_follows_the_runs_and_stop_stops_it(live_en
         run = FileRun(runs)
         run.log(30)
         run.complete(None)
-        wait_for(lambda: db.runs.find_one({"status": "COMPLETED"}), 10, "a run in the recovered board within 10 s")
+        wait_for(lambda: db.runs.find_one(FULLY_SYNCED), 10, "a run in the recovered board within 10 s")
 
         os.kill(watcher_pid(env), signal.SIGKILL)  # the watcher itself dies: make board starts one again
         assert wait_for(lambda: gone(watcher_pid(env)), 5, "the killed watcher gone", 0.1)
