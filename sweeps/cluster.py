@@ -49,7 +49,12 @@ def make_client(workers: Optional[int] = None, scheduler: Optional[str] = None, 
     # (~0.7 MB for a block of 16 toy models) were mapped and faulted in afresh: 5-25x the page
     # faults and about a fifth of the throughput. Training allocates the same sizes every step, so
     # glibc's own adaptive default is what fits.
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+    # No worker time-to-live: a scheduler that misses 5 min of heartbeats removes the worker, and
+    # after a machine sleeps (or the sweep is paused with SIGSTOP) that long, every worker
+    # missed them: each was killed with its run left RUNNING for good and the point run again.
+    # A local worker that really dies closes its connection, and the nanny restarts it.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                          "distributed.scheduler.worker-ttl": None}):
         # no dashboard; the scheduler's own HTTP endpoint (health checks) on a free local port, so a
         # second sweep on the machine does not warn that 8787 is taken
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,

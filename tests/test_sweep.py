@@ -395,10 +395,10 @@ def sweep_runs(root: Path) -> dict:
     return runs
 
 
-def start_and_stop(root: Path, signal_it) -> tuple[subprocess.Popen, str]:
+def start_and_stop(root: Path, signal_it, **environ) -> tuple[subprocess.Popen, str]:
     """The sweep command in its own session (as at a terminal); once both workers' runs have
     logged metrics, ``signal_it(process)``. Returns the process and its output."""
-    env = {**os.environ, "TOYLAB_RUNS_DIR": str(root)}
+    env = {**os.environ, "TOYLAB_RUNS_DIR": str(root), **environ}
     process = subprocess.Popen([sys.executable, *STOPPED], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -416,17 +416,31 @@ def start_and_stop(root: Path, signal_it) -> tuple[subprocess.Popen, str]:
     return process, out
 
 
-@pytest.mark.parametrize("how", ["ctrl_c", "sigterm"])
+def pause_then_terminate(process: subprocess.Popen) -> None:
+    """The whole command paused (SIGSTOP, as a machine put to sleep) past the scheduler's
+    worker time-to-live, woken, then SIGTERM."""
+    os.killpg(process.pid, signal.SIGSTOP)
+    time.sleep(6)
+    os.killpg(process.pid, signal.SIGCONT)
+    time.sleep(4)  # the scheduler's time-to-live check comes round at least once
+    process.send_signal(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("how", ["ctrl_c", "sigterm", "sigterm_after_a_pause"])
 def test_stopped_sweep_records_its_running_runs_interrupted_then_reruns_them(tmp_path, how):
     """Ctrl-C at a terminal reaches every process of the command, workers included (a worker
     it reached used to die on the spot, its run left RUNNING, shown DEAD); SIGTERM reaches the
     command alone. Either way each running run ends INTERRUPTED with its metrics so far, and
-    the same command then runs those points again."""
+    the same command then runs those points again. After a pause longer than Dask's worker
+    time-to-live (5 min by default, 2 s here) the scheduler used to remove every worker: their
+    runs stayed RUNNING for good and the points ran again as new runs."""
     root = tmp_path / "runs"
     if how == "ctrl_c":
         process, out = start_and_stop(root, lambda p: os.killpg(p.pid, signal.SIGINT))
-    else:
+    elif how == "sigterm":
         process, out = start_and_stop(root, lambda p: p.send_signal(signal.SIGTERM))
+    else:
+        process, out = start_and_stop(root, pause_then_terminate, DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL="2s")
     assert process.returncode == 130, out
     runs = sweep_runs(root)
     assert sorted(status for status, _ in runs.values()) == ["INTERRUPTED", "INTERRUPTED"], out
@@ -434,7 +448,7 @@ def test_stopped_sweep_records_its_running_runs_interrupted_then_reruns_them(tmp
     for status, metrics in runs.values():
         steps = metrics["train.loss"]["steps"]
         assert 0 < steps[-1] < 60000 - 1 and steps == sorted(set(steps))  # metrics up to the stop, in order
-    if how == "sigterm":
+    if how != "ctrl_c":
         return
     again = subprocess.run([sys.executable, *STOPPED], cwd=REPO, env={**os.environ, "TOYLAB_RUNS_DIR": str(root)},
                            capture_output=True, text=True, timeout=300)
