@@ -98,7 +98,8 @@ def run_sweep(experiment_file: str, spec: dict, sweep: str, client, block_size: 
     waiting = [run for run in done.values() if str(run).startswith("fallback ")]
     if waiting:  # recorded while MongoDB was unreachable: done, but not in MongoDB until synced
         where = store.fallback.root
-        print(f"sweep {sweep}: {len(waiting)} COMPLETED runs are in fallback file storage {where}, not in MongoDB "
+        runs_are = "run is" if len(waiting) == 1 else "runs are"
+        print(f"sweep {sweep}: {len(waiting)} COMPLETED {runs_are} in fallback file storage {where}, not in MongoDB "
               f"(they count as done): upload them with: python -m observers sync {where}", file=sys.stderr, flush=True)
     for point in points:
         if point.key in done:

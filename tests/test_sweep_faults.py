@@ -179,11 +179,18 @@ def test_server_that_never_comes_back_sends_runs_to_the_fallback_then_sync_and_r
     assert all(json.loads((d / "run.json").read_text())["status"] == "COMPLETED" for d in fallback_runs)
 
     local_mongo.start()
+    before_sync = run_script(sweep_command(sweep, GONE_STEPS), env=env, timeout=300)  # the runs in the fallback count
+    assert before_sync.returncode == 0, before_sync.stdout + before_sync.stderr
+    assert f"{len(keys)} points: 0 run now, {len(keys)} already COMPLETED (skipped)" in before_sync.stdout
+    runs_are = "run is" if len(fallback_runs) == 1 else "runs are"
+    assert (f"{len(fallback_runs)} COMPLETED {runs_are} in fallback file storage {fallback}, not in MongoDB "
+            f"(they count as done): upload them with: python -m observers sync {fallback}") in before_sync.stderr
     synced = run_script(["-m", "observers", "sync", str(fallback)], env=env, timeout=600)
     assert synced.returncode == 0, synced.stdout + synced.stderr
     again = run_script(sweep_command(sweep, GONE_STEPS), env=env, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"{len(keys)} points: 0 run now, {len(keys)} already COMPLETED (skipped)" in again.stdout
+    assert "fallback file storage" not in again.stdout + again.stderr  # uploaded: nothing waits any more
     db = database(local_mongo, db_name)
     check_every_point_once(db, sweep, keys, GONE_STEPS)
     assert db.sweep_claims.count_documents({}) == 0
