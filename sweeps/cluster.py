@@ -11,13 +11,10 @@ from typing import Optional
 
 from sweeps.claims import _safe, counted, default_store
 from sweeps.points import blocks, expand, load_experiment, point_configs
-from sweeps.worker import LeaveInterruptsToTheSweep, run_block, still_running, stop
+from sweeps.worker import LeaveInterruptsToTheSweep, run_block, still_running, stop, stop_grace
 
 BLOCK_SIZE = 16  # points trained together: past ~16 the batched trainer stops gaining (benchmarks/sweep_throughput.py)
 BUSY_RETRY = 2.0  # seconds before a point claimed elsewhere is tried again
-# Seconds a stopped sweep waits for its running runs to reach their next metric and end
-# INTERRUPTED (TOYLAB_SWEEP_STOP_GRACE); a run still going then is left as it is (shown DEAD).
-STOP_GRACE = 60.0
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -123,17 +120,22 @@ def run_sweep(experiment_file: str, spec: dict, sweep: str, client, block_size: 
                     time.sleep(0.5)
                 remaining -= finished
                 for future in finished:
-                    block = futures[future]
+                    block = futures.pop(future)
                     try:
                         outcomes = future.result()
                     except Exception as error:  # noqa: BLE001 - e.g. KilledWorker: the points failed, the sweep goes on
                         outcomes = [{"key": p.key, "status": "FAILED", "run": None,
                                      "error": f"{type(error).__name__}: {error}"} for p in block]
-                    busy = [by_key[o["key"]] for o in outcomes if o["status"] == "BUSY"]
-                    if busy:  # claimed by another worker or sweep: try again once it is released
+                    # released once read: Dask computes again a result lost with a worker that
+                    # dies later, which ran the block a second time behind the sweep's back
+                    future.release()
+                    # claimed by another worker or sweep, or left by a worker that had SIGTERM
+                    # alone: try again once it is released
+                    busy = [by_key[o["key"]] for o in outcomes if o["status"] == "BUSY" or o.get("retry")]
+                    if busy:
                         pending.extend([p] for p in busy)
                     for outcome in outcomes:
-                        if outcome["status"] != "BUSY":
+                        if outcome["status"] != "BUSY" and not outcome.get("retry"):
                             summary[outcome["key"]] = outcome
                             bar.update(1)
                 processing = _processing(client)
@@ -152,10 +154,10 @@ def run_sweep(experiment_file: str, spec: dict, sweep: str, client, block_size: 
 def _stop_runs(client, token: str, sweep: str, in_flight: list) -> SweepInterrupted:
     """The sweep command was interrupted: every worker ends its runs of this command
     INTERRUPTED at their next metric and starts no more points. Waits for those runs (up to
-    STOP_GRACE seconds; a second Ctrl-C stops waiting) and says which runs were interrupted."""
+    ``stop_grace()`` seconds; a second Ctrl-C stops waiting) and says which runs were interrupted."""
     from distributed import wait
 
-    grace = float(os.environ.get("TOYLAB_SWEEP_STOP_GRACE") or STOP_GRACE)
+    grace = stop_grace()
     left = 0
     try:
         asked = sum(client.run(stop, token).values())

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from distributed import WorkerPlugin
@@ -22,19 +23,64 @@ from sweeps.points import Point, load_experiment
 _LOCK = threading.Lock()
 _RUNNING: dict[str, set] = {}
 _STOPPED: set[str] = set()
+_TERMINATING = threading.Event()  # this worker process had SIGTERM (``_terminate``)
+
+
+# Seconds a stopped sweep waits for its running runs to reach their next metric and end
+# INTERRUPTED (TOYLAB_SWEEP_STOP_GRACE); a run still going then is left as it is (shown DEAD).
+STOP_GRACE = 60.0
+
+
+def stop_grace() -> float:
+    return float(os.environ.get("TOYLAB_SWEEP_STOP_GRACE") or STOP_GRACE)
 
 
 class LeaveInterruptsToTheSweep(WorkerPlugin):
-    """Dask worker plugin for the sweep's own local workers: a Ctrl-C at the terminal reaches
-    every process of the command, and a worker process it reached died on the spot with its
-    run RUNNING (shown DEAD). The workers ignore SIGINT; the sweep command stops their runs
-    (``stop``), so each ends INTERRUPTED with its metrics."""
+    """Dask worker plugin for the sweep's own local workers. A Ctrl-C at the terminal, and a
+    SIGTERM sent to the whole command (``kill -TERM -<pgid>``, ``timeout``, the time limit of
+    a SLURM job the command runs in, ``systemctl stop``), reach every process of the command, and a worker process
+    they reached died on the spot with its run RUNNING (shown DEAD). The workers ignore
+    SIGINT and the sweep command stops their runs (``stop``); at SIGTERM a worker stops its
+    runs itself (``_terminate``), so each ends INTERRUPTED with its metrics."""
 
     name = "toylab-leave-interrupts-to-the-sweep"
 
     def setup(self, worker):
         if threading.current_thread() is threading.main_thread():  # a worker's event loop: its main thread
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM in a worker process: its runs end INTERRUPTED at their next metric, it starts
+    no more points (it answers BUSY, so the sweep hands them to another worker), and once the
+    runs have ended it signals itself again; with nothing running, or at a second SIGTERM, it
+    ends as SIGTERM would have ended it."""
+    with _LOCK:
+        runs = [run for running in _RUNNING.values() for run in running]
+    if not runs or _TERMINATING.is_set():
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    _TERMINATING.set()
+    for run in runs:
+        observers.request_stop(run)
+
+    def again_once_stopped():
+        deadline = time.monotonic() + stop_grace()
+        while _running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # the sweep command, when it had the signal too, takes the outcomes and closes its
+        # workers meanwhile; a worker signalled alone ends here (its nanny starts another)
+        time.sleep(10)
+        os.kill(os.getpid(), signum)
+
+    threading.Thread(target=again_once_stopped, name="toylab-terminate", daemon=True).start()
+
+
+def _running() -> int:
+    with _LOCK:
+        return sum(len(running) for running in _RUNNING.values())
 
 
 def stop(token: str) -> int:
@@ -87,6 +133,8 @@ def _run_block(module, sweep: str, points: list[Point], store, token: str) -> li
         for point in points:
             if point.key in done:
                 outcomes[point.key] = {"status": "SKIPPED", "run": done[point.key]}
+            elif _TERMINATING.is_set():  # this worker is ending: another one runs the point
+                outcomes[point.key] = {"status": "BUSY"}
             elif stack.enter_context(store.claim(sweep, point.key)):
                 mine.append(point)
             else:
@@ -106,6 +154,8 @@ def _run_block(module, sweep: str, points: list[Point], store, token: str) -> li
         for point, share in zip(mine, shares):
             if _stopped(token):  # the sweep was stopped: the rest of the block is not started
                 outcomes[point.key] = {"status": "STOPPED"}
+            elif _TERMINATING.is_set():
+                outcomes[point.key] = {"status": "BUSY"}
             else:
                 outcomes[point.key] = _record(module, sweep, point, share, store, token)
     return [{"key": point.key, **outcomes[point.key]} for point in points]
@@ -133,9 +183,10 @@ def _record(module, sweep: str, point: Point, share, store, token: str = "") -> 
             with _LOCK:
                 _RUNNING[token].discard(run)
     except KeyboardInterrupt:
-        if not _stopped(token):
+        if not (_stopped(token) or _TERMINATING.is_set()):
             raise
-        return {"status": "INTERRUPTED", "run": getattr(run, "_id", None)}
+        # stopped by its worker's SIGTERM alone: the sweep goes on, and runs the point again elsewhere
+        return {"status": "INTERRUPTED", "run": getattr(run, "_id", None), "retry": not _stopped(token)}
     except BaseException as error:  # noqa: BLE001 - a failed point is reported, the sweep goes on
         return {"status": "FAILED", "run": getattr(run, "_id", None), "error": f"{type(error).__name__}: {error}"}
     fallback = next((str(o.fallback_run_dir) for o in run.observers if getattr(o, "fallback_run_dir", None)), None)

@@ -78,7 +78,11 @@ def test_sweep_runs_every_point_once_then_resumes_only_missing_points(client, tm
     assert len(after) == 3 and len({r["meta"]["sweep_point"] for r in after}) == 3
 
 
-def test_killed_worker_point_is_retried_and_completed_exactly_once(client, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_worker_point_is_retried_and_completed_exactly_once(client, tmp_path, sig):
+    """SIGKILL: the worker dies on the spot, its run stays RUNNING. SIGTERM to one worker (the
+    sweep command not signalled): its run ends INTERRUPTED, it starts no more points, then
+    ends. Either way the point runs again and every point has exactly one COMPLETED run."""
     root = tmp_path / "runs"
     spec = {"grid": {"decoder_lr": [1e-4, 1e-3, 1e-2]}, "config": {"train_steps": 1500}, "seeds": [0]}
     pids = client.run(os.getpid)  # worker address -> pid
@@ -87,19 +91,19 @@ def test_killed_worker_point_is_retried_and_completed_exactly_once(client, tmp_p
     def kill_a_worker_mid_run():
         deadline = time.time() + 60
         while time.time() < deadline and not killed:
+            running = 0
             for run_dir in root.glob("[0-9]*"):
                 try:
-                    data = json.loads((run_dir / "run.json").read_text())
+                    running += json.loads((run_dir / "run.json").read_text())["status"] == "RUNNING"
                 except (OSError, ValueError):
                     continue
-                if data["status"] != "RUNNING":
-                    continue
-                # every worker is running a point now (3 one-point blocks, 2 workers): kill one of them
-                busy = [address for address, keys in client.processing().items() if keys]
-                if busy:
-                    os.kill(pids[busy[0]], signal.SIGKILL)
-                    killed["pid"] = pids[busy[0]]
-                    return
+            # as many runs RUNNING as workers busy (3 one-point blocks, 2 workers): each busy
+            # worker is inside a run, so the one killed has a run to leave behind
+            busy = [address for address, keys in client.processing().items() if keys]
+            if busy and running >= len(pids) == len(busy):
+                os.kill(pids[busy[0]], sig)
+                killed["pid"] = pids[busy[0]]
+                return
             time.sleep(0.05)
 
     killer = threading.Thread(target=kill_a_worker_mid_run)
@@ -110,9 +114,15 @@ def test_killed_worker_point_is_retried_and_completed_exactly_once(client, tmp_p
     assert [row["status"] for row in rows] == ["COMPLETED"] * 3
     runs = completed_runs(root, "killed")
     assert sorted(r["meta"]["sweep_point"] for r in runs) == sorted(row["point"].key for row in rows)
-    statuses = [json.loads(d.joinpath("run.json").read_text())["status"] for d in root.glob("[0-9]*")]
-    assert statuses.count("RUNNING") == 1  # the killed worker's run stays as it was; its point ran again
-    assert killed["pid"] not in client.run(os.getpid).values()  # the nanny started a new worker process
+    statuses = sorted(json.loads(d.joinpath("run.json").read_text())["status"] for d in root.glob("[0-9]*"))
+    # the killed worker's run: as it was at SIGKILL, INTERRUPTED at SIGTERM; its point ran again
+    assert statuses == ["COMPLETED"] * 3 + ["RUNNING" if sig == signal.SIGKILL else "INTERRUPTED"]
+    deadline = time.time() + 60
+    while (killed["pid"] in client.run(os.getpid).values() or len(client.run(os.getpid)) < 2) \
+            and time.time() < deadline:
+        time.sleep(0.5)  # at SIGTERM the worker ends ~10 s after its run; the nanny then starts another
+    pids_now = client.run(os.getpid).values()
+    assert killed["pid"] not in pids_now and len(pids_now) == 2  # the nanny started a new worker process
 
 
 def test_failed_point_is_reported_with_its_run_id(client, tmp_path):
@@ -426,11 +436,12 @@ def pause_then_terminate(process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGTERM)
 
 
-@pytest.mark.parametrize("how", ["ctrl_c", "sigterm", "sigterm_after_a_pause"])
+@pytest.mark.parametrize("how", ["ctrl_c", "sigterm", "sigterm_to_every_process", "sigterm_after_a_pause"])
 def test_stopped_sweep_records_its_running_runs_interrupted_then_reruns_them(tmp_path, how):
     """Ctrl-C at a terminal reaches every process of the command, workers included (a worker
     it reached used to die on the spot, its run left RUNNING, shown DEAD); SIGTERM reaches the
-    command alone. Either way each running run ends INTERRUPTED with its metrics so far, and
+    command alone, or every process of it (``timeout``, a SLURM job's time limit: workers
+    killed by it used to leave their runs RUNNING). Either way each running run ends INTERRUPTED with its metrics so far, and
     the same command then runs those points again. After a pause longer than Dask's worker
     time-to-live (5 min by default, 2 s here) the scheduler used to remove every worker: their
     runs stayed RUNNING for good and the points ran again as new runs."""
@@ -439,6 +450,8 @@ def test_stopped_sweep_records_its_running_runs_interrupted_then_reruns_them(tmp
         process, out = start_and_stop(root, lambda p: os.killpg(p.pid, signal.SIGINT))
     elif how == "sigterm":
         process, out = start_and_stop(root, lambda p: p.send_signal(signal.SIGTERM))
+    elif how == "sigterm_to_every_process":  # kill -TERM -<pgid>, timeout, a SLURM job's time limit
+        process, out = start_and_stop(root, lambda p: os.killpg(p.pid, signal.SIGTERM))
     else:
         process, out = start_and_stop(root, pause_then_terminate, DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL="2s")
     assert process.returncode == 130, out
