@@ -160,13 +160,16 @@ def _stop_runs(client, token: str, sweep: str, in_flight: list) -> SweepInterrup
     grace = stop_grace()
     left = 0
     try:
-        asked = sum(client.run(stop, token).values())
+        # a worker that had the SIGTERM too and nothing running has ended already: ask the
+        # others, and from here to the end keep the local scheduler's errors about it quiet
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        asked = sum(client.run(stop, token, on_error="ignore").values())
         print(f"\nsweep {sweep}: stopping, {asked} running run{'' if asked == 1 else 's'} to end INTERRUPTED at "
               f"the next metric (waiting up to {grace:.0f} s; Ctrl-C again to leave them RUNNING)",
               file=sys.stderr, flush=True)
         deadline = time.time() + grace
         while True:
-            left = sum(client.run(still_running, token).values())
+            left = sum(client.run(still_running, token, on_error="ignore").values())
             if not left or time.time() > deadline:
                 break
             time.sleep(0.5)

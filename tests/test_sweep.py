@@ -405,15 +405,15 @@ def sweep_runs(root: Path) -> dict:
     return runs
 
 
-def start_and_stop(root: Path, signal_it, **environ) -> tuple[subprocess.Popen, str]:
-    """The sweep command in its own session (as at a terminal); once both workers' runs have
+def start_and_stop(root: Path, signal_it, command=STOPPED, n_runs=2, **environ) -> tuple[subprocess.Popen, str]:
+    """The sweep command in its own session (as at a terminal); once ``n_runs`` runs have
     logged metrics, ``signal_it(process)``. Returns the process and its output."""
     env = {**os.environ, "TOYLAB_RUNS_DIR": str(root), **environ}
-    process = subprocess.Popen([sys.executable, *STOPPED], cwd=REPO, env=env, stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, *command], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.time() + 120
-        while not (len(sweep_runs(root)) == 2 and all(m.get("train.loss", {}).get("steps")
+        while not (len(sweep_runs(root)) == n_runs and all(m.get("train.loss", {}).get("steps")
                                                        for _, m in sweep_runs(root).values())):
             assert time.time() < deadline and process.poll() is None, "no two runs with metrics to stop"
             time.sleep(0.2)
@@ -469,6 +469,18 @@ def test_stopped_sweep_records_its_running_runs_interrupted_then_reruns_them(tmp
     assert "2 points: 2 run now, 0 already COMPLETED" in again.stdout
     assert all(f"run {run} INTERRUPTED" in again.stdout for run in runs)  # "redone: ..."
     assert sorted(status for status, _ in sweep_runs(root).values()) == ["COMPLETED"] * 2 + ["INTERRUPTED"] * 2
+
+
+def test_sigterm_to_every_process_with_a_worker_idle_still_waits_for_the_running_run(tmp_path):
+    """One point on two workers: the idle worker ends at once at SIGTERM; the command still
+    asks the other, waits for its run to end INTERRUPTED and names it."""
+    root = tmp_path / "runs"
+    one_point = [word if word != "decoder_lr=1e-3,1e-2" else "decoder_lr=1e-3" for word in STOPPED]
+    process, out = start_and_stop(root, lambda p: os.killpg(p.pid, signal.SIGTERM), one_point, 1)
+    assert process.returncode == 130, out
+    assert [status for status, _ in sweep_runs(root).values()] == ["INTERRUPTED"], out
+    assert "sweep stopped interrupted: run 1 recorded INTERRUPTED" in out, out
+    assert "could not stop" not in out and "ERROR" not in out, out
 
 
 TINY_EXPERIMENT = '''"""A tiny experiment with a named config, for the sweep's resume check."""
