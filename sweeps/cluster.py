@@ -11,7 +11,7 @@ from typing import Optional
 
 from sweeps.claims import _safe, counted, default_store
 from sweeps.points import blocks, expand, load_experiment, point_configs
-from sweeps.worker import LeaveInterruptsToTheSweep, run_block, still_running, stop, stop_grace
+from sweeps.worker import LeaveInterruptsToTheSweep, StopSweepCommand, run_block, still_running, stop, stop_grace
 
 BLOCK_SIZE = 16  # points trained together: past ~16 the batched trainer stops gaining (benchmarks/sweep_throughput.py)
 BUSY_RETRY = 2.0  # seconds before a point claimed elsewhere is tried again
@@ -163,6 +163,10 @@ def _stop_runs(client, token: str, sweep: str, in_flight: list) -> SweepInterrup
         # a worker that had the SIGTERM too and nothing running has ended already: ask the
         # others, and from here to the end keep the local scheduler's errors about it quiet
         logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        try:  # kept by the scheduler for the workers that join from now on; sent to those there now
+            client.register_plugin(StopSweepCommand(token))
+        except Exception:  # noqa: BLE001 - a worker gone meanwhile: `stop` below asks the others
+            pass
         asked = sum(client.run(stop, token, on_error="ignore").values())
         print(f"\nsweep {sweep}: stopping, {asked} running run{'' if asked == 1 else 's'} to end INTERRUPTED at "
               f"the next metric (waiting up to {grace:.0f} s; Ctrl-C again to leave them RUNNING)",
@@ -173,7 +177,10 @@ def _stop_runs(client, token: str, sweep: str, in_flight: list) -> SweepInterrup
             if not left or time.time() > deadline:
                 break
             time.sleep(0.5)
-        wait(in_flight, timeout=5)  # the stopped runs' outcomes, on their way from the workers
+        try:
+            wait(in_flight, timeout=5)  # the stopped runs' outcomes, on their way from the workers
+        except TimeoutError:  # a block still training, before its runs exist: nothing to report
+            pass
     except KeyboardInterrupt:
         pass
     except Exception as error:  # noqa: BLE001 - e.g. workers already gone: nothing left to stop

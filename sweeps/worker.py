@@ -51,6 +51,20 @@ class LeaveInterruptsToTheSweep(WorkerPlugin):
             signal.signal(signal.SIGTERM, _terminate)
 
 
+class StopSweepCommand(WorkerPlugin):
+    """``stop(token)`` on every worker of the cluster, and on each that joins it later: a
+    worker the nanny restarts after the sweep command was stopped (its predecessor killed)
+    would otherwise be handed the stopped command's queued blocks and start their runs, which
+    the command's exit then leaves RUNNING for good."""
+
+    def __init__(self, token: str):
+        self.token = token
+        self.name = f"toylab-stop-{token}"
+
+    def setup(self, worker):
+        stop(self.token)
+
+
 def _terminate(signum, frame) -> None:
     """SIGTERM in a worker process: its runs end INTERRUPTED at their next metric, it starts
     no more points (it answers BUSY, so the sweep hands them to another worker), and once the

@@ -549,3 +549,20 @@ def test_a_run_made_before_its_named_config_was_edited_does_not_count_for_the_po
     finally:
         if client is not None:
             client.drop_database(db_name)
+
+
+def test_a_worker_that_joins_after_a_stop_knows_the_command_was_stopped():
+    """A worker the nanny restarts after a Ctrl-C (its predecessor killed) is handed the stopped
+    command's queued blocks: it must start none of their runs, as the workers there at the stop."""
+    from distributed import Client, LocalCluster
+
+    from sweeps.cluster import _stop_runs
+    from sweeps.worker import _stopped
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        _stop_runs(client, "stopped-command", "late", [])
+        cluster.scale(2)
+        client.wait_for_workers(2, timeout=120)
+        assert list(client.run(_stopped, "stopped-command").values()) == [True, True]
+        assert list(client.run(_stopped, "another-command").values()) == [False, False]
