@@ -165,8 +165,8 @@ def _stop_runs(client, token: str, sweep: str, in_flight: list) -> SweepInterrup
         logging.getLogger("distributed").setLevel(logging.CRITICAL)
         try:  # kept by the scheduler for the workers that join from now on; sent to those there now
             client.register_plugin(StopSweepCommand(token))
-        except Exception:  # noqa: BLE001 - a worker gone meanwhile: `stop` below asks the others
-            pass
+        except Exception:  # noqa: BLE001 - the send to a worker gone meanwhile failed; the scheduler keeps
+            pass  # the plugin all the same (it stores it before sending), and `stop` below asks the others
         asked = sum(client.run(stop, token, on_error="ignore").values())
         print(f"\nsweep {sweep}: stopping, {asked} running run{'' if asked == 1 else 's'} to end INTERRUPTED at "
               f"the next metric (waiting up to {grace:.0f} s; Ctrl-C again to leave them RUNNING)",

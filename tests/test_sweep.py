@@ -479,7 +479,8 @@ def test_sigterm_to_every_process_with_a_worker_idle_still_waits_for_the_running
     process, out = start_and_stop(root, lambda p: os.killpg(p.pid, signal.SIGTERM), one_point, 1)
     assert process.returncode == 130, out
     assert [status for status, _ in sweep_runs(root).values()] == ["INTERRUPTED"], out
-    # the run's outcome can miss the summary line (its future lost with a worker): its status is what counts
+    # not asserted: that the summary names the run. Once in a fresh-clone check its outcome missed the
+    # summary line although the run was INTERRUPTED; why is not known yet (see the closing notes)
     assert "could not stop" not in out and "ERROR" not in out, out
 
 
@@ -552,8 +553,10 @@ def test_a_run_made_before_its_named_config_was_edited_does_not_count_for_the_po
 
 
 def test_a_worker_that_joins_after_a_stop_knows_the_command_was_stopped():
-    """A worker the nanny restarts after a Ctrl-C (its predecessor killed) is handed the stopped
-    command's queued blocks: it must start none of their runs, as the workers there at the stop."""
+    """A worker the nanny restarts after a Ctrl-C (its predecessor killed) can be handed the stopped
+    command's queued blocks. It must know the command was stopped, as the workers there at the
+    stop do: that flag is what ``_run_block`` reads before each run. This checks the flag on a real
+    cluster; the sweep command's own path is the fault test's, where the timing is not controlled."""
     from distributed import Client, LocalCluster
 
     from sweeps.cluster import _stop_runs
