@@ -29,6 +29,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seeds_arg(text: str):
+    """--seeds N (seeds 0..N-1) or --seeds S1,S2,... (those seeds: the rest of a seed rule
+    that an earlier session or machine has already run)."""
+    if "," not in text:
+        return positive_int(text)
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: give N or a list of integer seeds S1,S2,...")
+    if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: seeds are distinct integers >= 0")
+    return seeds
+
+
 def parse_args(argv: list[str]):
     words = list(argv)
     updates, named_configs = {}, []
@@ -49,7 +63,8 @@ def parse_args(argv: list[str]):
     parser.add_argument("--sweep", help="a named sweep of the experiment's SWEEPS")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                         help="a swept key and its values (repeat for a cartesian product)")
-    parser.add_argument("--seeds", type=positive_int, help="seeds 0..N-1 for every grid point (config key `seed`)")
+    parser.add_argument("--seeds", type=seeds_arg,
+                        help="N: seeds 0..N-1 for every grid point (config key `seed`); S1,S2,...: those seeds")
     parser.add_argument("--named-config", action="append", default=[], help="a named config for every point")
     parser.add_argument("--name", help="the sweep's tag (default: the --sweep name, else 'grid')")
     parser.add_argument("--list", action="store_true", help="print the points and exit")
