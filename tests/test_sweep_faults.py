@@ -68,9 +68,15 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 def dask_workers(sweep_process: subprocess.Popen) -> list:
     """The worker processes of the sweep's local cluster (spawned children of the command)."""
-    children = psutil.Process(sweep_process.pid).children(recursive=True)
-    return [c for c in children if "spawn_main" in " ".join(c.cmdline()) and "resource_tracker" not in
-            " ".join(c.cmdline())]
+    workers = []
+    for child in psutil.Process(sweep_process.pid).children(recursive=True):
+        try:
+            command = " ".join(child.cmdline())
+        except psutil.NoSuchProcess:  # exited (or a zombie) since it was listed: a nanny's restart
+            continue
+        if "spawn_main" in command and "resource_tracker" not in command:
+            workers.append(child)
+    return workers
 
 
 def point_keys(name: str, steps: int = STEPS) -> set:
