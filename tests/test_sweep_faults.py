@@ -72,7 +72,7 @@ def dask_workers(sweep_process: subprocess.Popen) -> list:
     for child in psutil.Process(sweep_process.pid).children(recursive=True):
         try:
             command = " ".join(child.cmdline())
-        except psutil.NoSuchProcess:  # exited (or a zombie) since it was listed: a nanny's restart
+        except psutil.NoSuchProcess:  # exited (or a zombie) since it was listed; which child it was is not known
             continue
         if "spawn_main" in command and "resource_tracker" not in command:
             workers.append(child)
