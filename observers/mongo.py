@@ -264,7 +264,7 @@ class ResilientMongoObserver(RunObserver):
         with self._state_lock:
             old = self._artifacts.get(name)  # the same name again (a checkpoint): replace it
             self._artifacts[name] = dict(file_id=ObjectId(), data=data, metadata=metadata,
-                                         content_type=content_type, stored=False,
+                                         content_type=content_type, stored=False, tried=False,
                                          replaces=old["file_id"] if old and old["stored"] else None)
             self._queue.append(("artifact", name))
         self._flush(wait=False)
@@ -378,6 +378,12 @@ class ResilientMongoObserver(RunObserver):
             name = operation[1]
             artifact = self._artifacts[name]
             if not self.fs.exists(artifact["file_id"]):
+                if artifact["tried"]:
+                    # GridFS writes the chunks before the fs.files document: an earlier put
+                    # whose reply was lost can leave chunks under this id, and a second put
+                    # of them is refused (FileExists). Remove them and write the file whole.
+                    self.fs.delete(artifact["file_id"])
+                artifact["tried"] = True
                 self.fs.put(artifact["data"], _id=artifact["file_id"],
                             filename=f"artifact://runs/{self.run_id}/{name}", metadata=artifact["metadata"],
                             content_type=artifact["content_type"])

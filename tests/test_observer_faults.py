@@ -136,6 +136,37 @@ def test_outage_mid_run_loses_nothing_once_mongodb_returns(backend, mode):
     assert stored["result"] == {"done": N}
 
 
+def test_an_artifact_whose_chunk_write_lost_its_reply_is_stored_whole(monkeypatch, tmp_path):
+    """Injected (mongomock): the first write of an artifact's chunks is applied and its reply
+    lost. GridFS writes the chunks before the fs.files document, so the retry finds chunks
+    under the artifact's id and no file, and a second put of them is refused (FileExists;
+    a CI run on a real server lost a run to its fallback this way). The observer must write
+    the artifact whole and keep the run in MongoDB."""
+    import mongomock
+    import pymongo.errors
+
+    backend = MongomockBackend(monkeypatch, tmp_path / "fallback")
+    backend.db["fs.chunks"].create_index([("files_id", 1), ("n", 1)], unique=True)  # as GridFS makes it
+    insert_many = mongomock.collection.Collection.insert_many
+    armed, lost = [], []
+
+    def losing_reply(self, documents, *args, **kwargs):
+        result = insert_many(self, documents, *args, **kwargs)
+        if armed and not lost and self.name == "fs.chunks":
+            lost.append(documents[0]["files_id"])
+            raise pymongo.errors.AutoReconnect("injected: reply lost after an artifact's chunks were written")
+        return result
+
+    monkeypatch.setattr(mongomock.collection.Collection, "insert_many", losing_reply)
+    observer = backend.observer()
+    run = run_experiment(observer, {5: lambda: armed.append(True)})
+    assert lost, "no artifact chunk write was hit: the test proved nothing"
+    assert run.status == "COMPLETED"
+    assert observer.fallback_run_dir is None and observer.pending() == 0
+    assert_complete_in_mongo(backend.db, observer.run_id)
+    assert backend.db["fs.chunks"].count_documents({"files_id": lost[0]}) == 1, "stray chunks left behind"
+
+
 def test_still_down_at_the_end_falls_back_in_bounded_time(backend, capfd):
     """Injected: MongoDB down from step 40 until after the run has ended."""
     observer = backend.observer(end_timeout=1.0)
