@@ -2,9 +2,15 @@
 
     analysis.export("runs", "runs.csv", experiment="grokking", sweep="phase_mse_quick")
     analysis.export("runs", "curves.parquet", what="metrics", metric=["test.acc"])
+    analysis.export("runs", "docs/results/phase_mse_seeds.csv", sweep="phase_mse_seeds", append=True)
+
+``append=True`` adds the runs to a runs table written before (another session's, from
+another store), so a measurement that takes several sessions accumulates in one file; a
+run already in it (same experiment, run id and start time) is kept once.
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Optional
@@ -17,7 +23,8 @@ FORMATS = (".csv", ".parquet")
 
 
 def export(source, path, what: str = "runs", experiment: Optional[str] = None, db_name: Optional[str] = None,
-           status: Optional[str] = None, sweep: Optional[str] = None, metric=None, **config_filters) -> Path:
+           status: Optional[str] = None, sweep: Optional[str] = None, metric=None, append: bool = False,
+           **config_filters) -> Path:
     """Write the runs table (``what="runs"``: one row per run, config keys and results as
     columns) or the metrics table (``"metrics"``: run, metric, step, value) of ``source`` (a
     runs directory or a MongoDB URL) to ``path``, CSV or Parquet by its suffix. ``status`` and
@@ -27,6 +34,8 @@ def export(source, path, what: str = "runs", experiment: Optional[str] = None, d
         raise ValueError(f"{path}: the file name must end in {' or '.join(FORMATS)}")
     if what not in ("runs", "metrics"):
         raise ValueError(f"what={what!r}: use runs or metrics")
+    if append and what != "runs":
+        raise ValueError("append adds runs to a runs table; metrics are exported whole")
     runs = select(runs_table(source, experiment=experiment, db_name=db_name, **config_filters), status, sweep)
     if what == "runs":
         table = runs
@@ -34,11 +43,26 @@ def export(source, path, what: str = "runs", experiment: Optional[str] = None, d
         table = metrics_table(source, metric=metric, experiment=experiment, db_name=db_name, **config_filters)
         table = table[table["run"].isin(runs["run"])].reset_index(drop=True)
     table = _plain(table)
+    if append and path.exists():
+        table = _appended(path, table)
     if path.suffix == ".csv":
         table.to_csv(path, index=False)
     else:
         table.to_parquet(path, index=False)
     return path
+
+
+def _appended(path: Path, table: pd.DataFrame) -> pd.DataFrame:
+    """The runs table in ``path`` with ``table``'s runs added (each run once), both as the
+    file format gives them back, so a column keeps one type."""
+    read = pd.read_csv if path.suffix == ".csv" else pd.read_parquet
+    if path.suffix == ".csv":
+        table = pd.read_csv(io.StringIO(table.to_csv(index=False)))
+    before = read(path)
+    combined = pd.concat([before, table], ignore_index=True)
+    same_run = [c for c in ("experiment", "run", "start_time") if c in combined]
+    combined = combined.drop_duplicates(subset=same_run, keep="last")
+    return combined.sort_values([c for c in ("start_time", "run") if c in combined], kind="stable")
 
 
 def select(runs: pd.DataFrame, status: Optional[str] = None, sweep: Optional[str] = None) -> pd.DataFrame:

@@ -3,6 +3,7 @@
     make figures                                                  # $TOYLAB_MONGO_URL, $TOYLAB_RUNS_DIR or ./runs
     python -m analysis.headline_figures --source /path/to/runs --out /tmp/figures
     python -m analysis.headline_figures --only grokking --only two_stage
+    python -m analysis.headline_figures --source docs/results/phase_mse_seeds.csv   # a runs table export wrote
 
 PNGs go into ``--out`` (docs/figures), and SOURCES.md beside them names for each figure the
 experiment, how its runs were selected, their ids and count, the source and the date. Each
@@ -33,7 +34,7 @@ from analysis.figures import plt
 from analysis.grokking import critical_fraction_figure, dof_probability, phase_table
 from analysis.intervals import mean_ci
 from analysis.list_ops import operation_bars
-from analysis.runs import load_runs, plateaued, runs_table, sweep_runs
+from analysis.runs import is_runs_table_file, load_runs, plateaued, runs_table, sweep_runs
 from observers.mongo import redact
 
 # the published diagrams, their sweeps on the paper's split and over seeds (experiments/grokking.py SWEEPS)
@@ -240,6 +241,8 @@ def transformer_grokking(source, named_config="cpu_grokking"):
 FIGURES = {"grokking": grokking, "critical_fraction": critical_fraction, "fsm_icl": fsm_icl, "fsm_budget": fsm_budget,
            "two_stage": two_stage, "list_ops": list_ops, "flow_vs_regression": flow_vs_regression,
            "grokking_transformer": transformer_grokking}
+# drawn from the runs table alone, so also from a runs table `toylab export` wrote (docs/results)
+FROM_RUNS_TABLE = ("grokking", "critical_fraction")
 
 
 # ------------------------------------------------------------------ SOURCES.md
@@ -284,7 +287,9 @@ def save(item: Figure, out: Path) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.headline_figures", description=__doc__.split("\n")[0])
     parser.add_argument("--source", default=os.environ.get("TOYLAB_MONGO_URL") or os.environ.get("TOYLAB_RUNS_DIR")
-                        or "runs", help="a file-storage directory or a MongoDB URL (default: as the notebooks)")
+                        or "runs", help="a file-storage directory, a MongoDB URL (default: as the notebooks) or a "
+                                        "runs table export wrote (.csv, .parquet: the phase diagrams and the "
+                                        "critical fraction only)")
     parser.add_argument("--out", default="docs/figures", help="where the PNGs and SOURCES.md go")
     parser.add_argument("--only", action="append", choices=list(FIGURES), help="only these figures (repeatable)")
     args = parser.parse_args(argv)
@@ -292,11 +297,20 @@ def main(argv=None) -> int:
     shown = redact(source, source)  # a MongoDB URL without its credentials
     grokking_runs.cache_clear()  # a new look at the source on every call
     warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"  # one line each
-    if not source.startswith(("mongodb://", "mongodb+srv://")) and not Path(source).is_dir():
+    table_file = is_runs_table_file(source)
+    if table_file and not Path(source).is_file():
+        print(f"error: no runs table at {source}", file=sys.stderr)
+        return 2
+    if not table_file and not source.startswith(("mongodb://", "mongodb+srv://")) and not Path(source).is_dir():
         print(f"error: no runs directory at {source}", file=sys.stderr)
         return 2
+    groups = args.only or (FROM_RUNS_TABLE if table_file else FIGURES)
+    if table_file and set(groups) - set(FROM_RUNS_TABLE):
+        print(f"error: {source} is a runs table: it draws {', '.join(FROM_RUNS_TABLE)} only (the others need "
+              "the runs' metrics or artifacts)", file=sys.stderr)
+        return 2
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    for group in args.only or FIGURES:
+    for group in groups:
         try:
             with plt.rc_context():  # a figure's style (seaborn themes) stays with it
                 for item in FIGURES[group](source):
@@ -314,7 +328,7 @@ def main(argv=None) -> int:
         except Exception as error:  # noqa: BLE001 - one figure's failure does not stop the others
             notes.append(f"failed {group}: {type(error).__name__}: {' '.join(str(error).split())}")
             failed = True
-    if not rows and not failed and not load_runs(source):
+    if not rows and not failed and (grokking_runs(source).empty if table_file else not load_runs(source)):
         print(f"error: no runs in {shown}", file=sys.stderr)
         return 1
     for line in notes + ([] if rows else [f"error: no figure written from {shown}"]):

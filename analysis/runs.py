@@ -2,6 +2,7 @@
 
     runs_table("runs")                                   # a file-storage directory
     runs_table("mongodb://localhost:27017", experiment="grokking", p=10)
+    runs_table("docs/results/phase_mse_seeds.csv")       # a runs table `toylab export` wrote
     metrics_table("runs", metric="test.acc")
 
 ``runs_table``: one row per run: ``run``, ``experiment``, ``status``, ``start_time``,
@@ -14,6 +15,11 @@ Dead runs: a run killed with SIGKILL (or whose machine died) stays RUNNING in th
 forever. ``runs_table`` reports a RUNNING run whose last heartbeat is older than
 ``dead_after`` seconds (default 120, as Omniboard's PROBABLY_DEAD) with status ``DEAD``;
 the recorded status stays in the column ``recorded_status``.
+
+A runs table written by ``toylab export`` (``.csv`` or ``.parquet``) is a source of
+``runs_table`` too, so results committed as data (docs/results) are analysed like stored
+runs: its rows as exported (the status as recorded then), the same filters. It holds no
+metrics or artifacts: ``load_runs`` and ``metrics_table`` refuse it in one line.
 
 Keyword filters match config values (``p=10``, ``seed=[0, 1, 2]``); ``experiment``
 matches the experiment name. A run directory that cannot be read (half-written, invalid
@@ -34,8 +40,16 @@ RUN_COLUMNS = ["run", "experiment", "status", "recorded_status", "start_time", "
 DEAD_AFTER = 120.0  # seconds without a heartbeat after which a RUNNING run counts as DEAD
 
 
+TABLE_SUFFIXES = (".csv", ".parquet")  # the runs tables analysis.export writes
+
+
 def _is_mongo(source) -> bool:
     return isinstance(source, str) and source.startswith(("mongodb://", "mongodb+srv://"))
+
+
+def is_runs_table_file(source) -> bool:
+    """Whether ``source`` names an exported runs table rather than a store of runs."""
+    return isinstance(source, (str, Path)) and not _is_mongo(source) and Path(source).suffix in TABLE_SUFFIXES
 
 
 def _flatten(prefix: str, value, out: dict) -> None:
@@ -59,6 +73,9 @@ def _matches(config: dict, filters: dict) -> bool:
 
 def load_runs(source, experiment: Optional[str] = None, db_name: Optional[str] = None, **config_filters) -> list:
     """Incense experiments (runs) from a file-storage directory or a MongoDB URL."""
+    if is_runs_table_file(source):
+        raise ValueError(f"{source} is an exported runs table: it has the runs' rows, not their metrics or "
+                         "artifacts; read it with runs_table")
     if _is_mongo(source):
         return _load_mongo(source, experiment, db_name, config_filters)
     return _load_files(Path(source), experiment, config_filters)
@@ -206,6 +223,8 @@ def runs_table(source, experiment: Optional[str] = None, db_name: Optional[str] 
                dead_after: float = DEAD_AFTER, **config_filters) -> pd.DataFrame:
     """One row per run: id, status, times, config keys as columns, result values.
     A RUNNING run without a heartbeat for ``dead_after`` seconds has status DEAD."""
+    if is_runs_table_file(source):
+        return _read_runs_table_file(Path(source), experiment, config_filters)
     rows, config_columns, result_columns = [], set(), set()
     for run in load_runs(source, experiment, db_name, **config_filters):
         row = {"run": run.id, "experiment": run.experiment["name"], "status": run.status,
@@ -235,6 +254,25 @@ def runs_table(source, experiment: Optional[str] = None, db_name: Optional[str] 
     table = table.sort_values("run").reset_index(drop=True)
     # which columns are config and which are results (both are plain columns of the table)
     table.attrs.update(config_columns=sorted(config_columns), result_columns=sorted(result_columns))
+    return table
+
+
+def _read_runs_table_file(path: Path, experiment: Optional[str], config_filters: dict) -> pd.DataFrame:
+    """An exported runs table (``analysis.export``) read back: times as UTC timestamps, the
+    same experiment and config filters as a store. Which columns were config is not in the
+    file: ``attrs`` name every column that is not a run column as config."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no runs table at {path}")
+    table = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    for column in ("start_time", "stop_time", "heartbeat"):
+        if column in table:
+            table[column] = pd.to_datetime(table[column], errors="coerce", utc=True, format="mixed")
+    if experiment is not None and not table.empty:
+        table = table[table["experiment"] == experiment]
+    if config_filters and not table.empty:
+        table = table[[_matches(row, config_filters) for row in table.to_dict("records")]]
+    table = table.reset_index(drop=True)
+    table.attrs.update(config_columns=[c for c in table.columns if c not in RUN_COLUMNS], result_columns=[])
     return table
 
 

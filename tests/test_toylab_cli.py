@@ -128,3 +128,42 @@ def test_sync_uploads_to_the_real_server_and_board_refuses_an_unknown_command(re
     assert board.returncode == 2 and len(board.stderr.strip().splitlines()) == 1 and "bogus" in board.stderr
     stop = toylab("board", "stop", env={"TOYLAB_BOARD_STATE": str(tmp_path / "board")})
     assert stop.returncode == 0 and "not running" in stop.stdout
+
+
+def test_results_from_two_stores_accumulate_in_one_export_that_analysis_reads_back(recorded, tmp_path):
+    """A measurement that takes several sessions: each exports its store's runs with --append
+    into one committed runs table (docs/results), which the runs table, the analysis and the
+    figures read back as they read a store."""
+    import analysis
+
+    other = tmp_path / "other-store"  # another session's store: its run ids start at 1 again
+    swept = toylab("sweep", "experiments/grokking.py", "--name", "phase_mse_seeds", "--grid",
+                   "decoder_lr=1e-05,0.0001", "--grid", "decoder_weight_decay=0", "--seeds", "2", "--workers", "1",
+                   "with", "paper", "train_steps=60", "log_every=10", env={"TOYLAB_RUNS_DIR": str(other)})
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    results = tmp_path / "results" / "runs.csv"
+    results.parent.mkdir()
+    for store, added in ((recorded, 3), (recorded, 3), (other, 7)):  # the same store twice: each run kept once
+        result = toylab("export", str(store), "--to", str(results), "--append", "--status", "COMPLETED")
+        assert result.returncode == 0, result.stderr
+        assert len(pd.read_csv(results)) == added
+    table = analysis.runs_table(str(results))
+    assert sorted(table["run"]) == [1, 1, 2, 2, 3, 3, 4]  # two stores' ids, told apart by their start times
+    stored = pd.concat([analysis.runs_table(str(recorded)), analysis.runs_table(str(other))])
+    columns = ["decoder_lr", "seed", "phase", "t_train", "t_test"]
+    key = lambda t: t[columns].astype(str).sort_values(columns).reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(key(table), key(stored))
+    seeds = analysis.sweep_runs(str(results), "phase_mse_seeds", decoder_weight_decay=0)
+    assert len(seeds) == 4 and sorted(set(seeds["seed"])) == [0, 1]
+    listed = toylab("runs", str(results), "--sweep", "phase_mse_seeds")
+    assert listed.returncode == 0 and listed.stdout.strip().endswith(f"4 runs in {results}"), listed.stdout
+    with pytest.raises(ValueError, match="exported runs table"):
+        analysis.metrics_table(str(results))
+    out = tmp_path / "figures"
+    drawn = toylab("figures", "--source", str(results), "--out", str(out))
+    assert drawn.returncode == 0, drawn.stderr
+    assert (out / "phase_mse_seeds.png").stat().st_size > 10_000
+    row = next(line for line in (out / "SOURCES.md").read_text().splitlines() if "phase_mse_seeds.png" in line)
+    assert f"`{results}`" in row and "| 4 |" in row
+    refused = toylab("figures", "--source", str(results), "--only", "fsm_icl")
+    assert refused.returncode == 2 and "is a runs table" in refused.stderr

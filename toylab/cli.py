@@ -4,12 +4,12 @@
     toylab board start | stop                                          # make board / make board-stop
     toylab sync [DIR ...]                                              # python -m observers sync ...
     toylab runs [SOURCE] [--experiment E] [--status S] [--sweep N] [KEY=VALUE ...] [--columns K1,K2]
-    toylab export [SOURCE] --to runs.csv|runs.parquet [--metrics [NAME ...]] [filters as for runs]
+    toylab export [SOURCE] --to runs.csv|runs.parquet [--append] [--metrics [NAME ...]] [filters as for runs]
     toylab figures [--source SOURCE] [--out DIR] [--only NAME]             # make figures
     toylab notebooks [--source SOURCE] [NOTEBOOK ...]                        # make notebooks
 
-SOURCE is a runs directory or a MongoDB URL; by default where runs are recorded now
-(TOYLAB_MONGO_URL, else TOYLAB_RUNS_DIR or ./runs).
+SOURCE is a runs directory, a MongoDB URL or a runs table export wrote (its rows only: no
+metrics); by default where runs are recorded now (TOYLAB_MONGO_URL, else TOYLAB_RUNS_DIR or ./runs).
 """
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("arguments", nargs=argparse.REMAINDER)
     for name, what in (("runs", "a table of runs in the terminal"), ("export", "runs or metrics to CSV or Parquet")):
         command = commands.add_parser(name, help=what, description=what)
-        command.add_argument("source", nargs="?", help="a runs directory or a MongoDB URL (default: where runs "
-                                                       "are recorded now)")
+        command.add_argument("source", nargs="?", help="a runs directory, a MongoDB URL or a runs table "
+                                                       "export wrote (default: where runs are recorded now)")
         command.add_argument("filters", nargs="*", metavar="KEY=VALUE", help="config values the runs must have")
         command.add_argument("--experiment", help="only this experiment's runs")
         command.add_argument("--status", help="only runs with this status (COMPLETED, RUNNING, DEAD, FAILED, ...)")
@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                                                    "the runs)")
         else:
             command.add_argument("--to", required=True, metavar="FILE", help="FILE.csv or FILE.parquet")
+            command.add_argument("--append", action="store_true",
+                                 help="add the runs to the runs table in FILE (each run once) instead of replacing it")
             command.add_argument("--metrics", nargs="*", metavar="NAME",
                                  help="export the metrics (all, or these) instead of the runs table")
     return parser
@@ -137,10 +139,11 @@ def export_command(args) -> int:
     what = "metrics" if args.metrics is not None else "runs"
     try:
         path = analysis.export(source, args.to, what=what, experiment=args.experiment, status=args.status,
-                               sweep=args.sweep, metric=args.metrics or None, **_filters(args.filters))
+                               sweep=args.sweep, metric=args.metrics or None, append=args.append,
+                               **_filters(args.filters))
     except ValueError as error:
         raise SystemExit(f"toylab export: {error}") from None
-    print(f"{what} of {len(table)} runs written to {path}")
+    print(f"{what} of {len(table)} runs {'added to' if args.append else 'written to'} {path}")
     return 0
 
 
