@@ -31,7 +31,9 @@ Comparison numbers (``compare``), over the published cells that our runs span:
 - ``typicality``: the mean over cells of the share of our seeds that have the paper's
   phase, beside ``seed_typicality``: the same score of each of our seeds against the
   other seeds (leave one out). The paper's diagram is typical of ours when it scores like
-  one of our seeds; ``verdict`` says which.
+  one of our seeds; ``verdict`` says which, and gives none from fewer than ``min_seeds``
+  seeds (5, the issue's minimum: two seeds' leave-one-out scores are one number, and a
+  majority of two is a tie).
 
 Seeds: a rule fixed before any result (experiments/grokking.py, SEEDS): seeds 0..9. The
 alternative rule, the first ten seeds whose split leaves every test sum reachable (a
@@ -57,6 +59,7 @@ DIAGRAMS = ("mse", "cross_entropy", "representation_lr")
 SWEEP_NAMES = {"mse": "mse", "cross_entropy": "cross_entropy", "representation": "representation_lr"}
 PAPER_BUDGET = 100000  # the published grids' budget; 99999 (budget - 1) is "never"
 PAPER_MARGIN = 1000  # Delta of the published phase rule
+MIN_SEEDS = 5  # fewer seeds give the numbers but no verdict on how typical the paper's diagram is
 SHORT = {"comprehension": "com", "grokking": "grk", "memorization": "mem", "confusion": "cnf"}  # figure labels
 
 
@@ -224,7 +227,7 @@ def _spearman(a: pd.Series, b: pd.Series) -> float:
 
 
 def compare(table: pd.DataFrame, diagram: str, x: Optional[str] = None, y: Optional[str] = None,
-            budget: int = PAPER_BUDGET, margin: float = PAPER_MARGIN) -> dict:
+            budget: int = PAPER_BUDGET, margin: float = PAPER_MARGIN, min_seeds: int = MIN_SEEDS) -> dict:
     """Our runs (one or many seeds a cell; ``analysis.phase_table``'s columns) against the
     published ``diagram`` (``published_grid`` at our ``budget``), over the published cells
     whose row and column values our runs span. See the module docstring for the numbers."""
@@ -258,6 +261,10 @@ def compare(table: pd.DataFrame, diagram: str, x: Optional[str] = None, y: Optio
     below = sum(s < paper_score for s in seed_scores.values())
     if not seed_scores:
         verdict = "one seed: no leave-one-out scores to compare with"
+    elif len(seed_scores) < min_seeds:
+        verdict = (f"too few seeds for a verdict ({len(seed_scores)}, at least {min_seeds}): the paper's diagram "
+                   f"scores {paper_score:.3f}, our seeds {min(seed_scores.values()):.3f}.."
+                   f"{max(seed_scores.values()):.3f}")
     elif paper_score >= min(seed_scores.values()):
         verdict = (f"typical: the paper's diagram scores {paper_score:.3f}, within our seeds' "
                    f"{min(seed_scores.values()):.3f}..{max(seed_scores.values()):.3f} (above {below} of "

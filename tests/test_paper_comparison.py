@@ -254,7 +254,7 @@ def test_compare_on_a_hand_made_table():
         for seed in range(3):
             rows.append({X: lr, Y: 0, "phase": phases[seed], "t_train": t_train[seed], "t_test": t_test[seed],
                          "t_rqi": None, "final_rqi": 1.0, "seed": seed, "run": len(rows) + 1})
-    result = paper.compare(pd.DataFrame(rows), "mse")
+    result = paper.compare(pd.DataFrame(rows), "mse", min_seeds=3)
     # majorities: comprehension (= paper), comprehension (paper: memorization), a three-way tie
     # that goes to grokking, the first of the tied in PHASES order (= paper)
     assert (result["agreeing"], result["agreement"]) == (2, pytest.approx(2 / 3))
@@ -262,6 +262,10 @@ def test_compare_on_a_hand_made_table():
     # leave one out: seed 0 (c, c, g) and seed 1 (c, c, m) score (1/2 + 1/2 + 0) / 3; seed 2 (m, m, conf) 0
     assert result["seed_typicality"] == pytest.approx({0: 1 / 3, 1: 1 / 3, 2: 0.0})
     assert result["verdict"].startswith("typical") and "above 3 of 3" in result["verdict"]
+    few = paper.compare(pd.DataFrame(rows), "mse")  # three seeds, fewer than the five a verdict takes
+    assert few["verdict"].startswith("too few seeds for a verdict (3, at least 5)")
+    assert {key: few[key] for key in ("agreeing", "typicality")} == {key: result[key] for key in ("agreeing",
+                                                                                                 "typicality")}
     # t_train medians in the paper's convention 1099, 399, 9099 against 1650, 489, 14262: same order
     assert (result["spearman_t_train"], result["spearman_t_train_cells"]) == (pytest.approx(1.0), 3)
     # t_test: the paper never reaches it at 1e-3 and our median seed never does at 1e-5: one cell left
