@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Optional
 
 import sweeps
@@ -67,6 +68,9 @@ def parse_args(argv: list[str]):
                         help="N: seeds 0..N-1 for every grid point (config key `seed`); S1,S2,...: those seeds")
     parser.add_argument("--named-config", action="append", default=[], help="a named config for every point")
     parser.add_argument("--name", help="the sweep's tag (default: the --sweep name, else 'grid')")
+    parser.add_argument("--done-in", metavar="FILE",
+                        help="a runs table `toylab export` wrote (e.g. docs/results/NAME.csv): the points with a "
+                             "COMPLETED run of this sweep in it count as done, as the store's own")
     parser.add_argument("--list", action="store_true", help="print the points and exit")
     parser.add_argument("--block-size", type=positive_int, default=BLOCK_SIZE,
                         help=f"points trained together in one process (default {BLOCK_SIZE}; 1: one run at a time)")
@@ -128,6 +132,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{type(error).__name__}: {lines[0]}" + (f" ({'; '.join(lines[2:])})" if len(lines) > 2 else ""),
               file=sys.stderr)
         return 2
+    if args.done_in is not None:  # checked before anything runs, like every other argument
+        from analysis.runs import is_runs_table_file
+
+        if not is_runs_table_file(args.done_in) or not Path(args.done_in).is_file():
+            print(f"--done-in {args.done_in}: no runs table there (a .csv or .parquet file that toylab export "
+                  "wrote)", file=sys.stderr)
+            return 2
     if args.list:
         try:
             for point in points:
@@ -153,7 +164,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"sweep {sweep}: {len(points)} points on {n_workers or 'pending'} Dask "
               f"workers ({client.scheduler.address}); recording to {_where(store)}", flush=True)
         rows = run_sweep(args.experiment_file, spec, sweep, client, block_size=args.block_size, store=store,
-                         points=points)
+                         points=points, done_in=args.done_in)
     except KeyboardInterrupt as interrupt:
         stopped = getattr(interrupt, "interrupted", [])
         left = getattr(interrupt, "left_running", 0)

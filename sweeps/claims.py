@@ -332,6 +332,33 @@ def counted(completed_runs: list[tuple], points=()) -> tuple[dict, list]:
     return done, [entry for entry in stale if entry[0].key not in done]
 
 
+def completed_in_table(path, sweep: str) -> list[tuple]:
+    """(point key, run label, recorded config) of the COMPLETED runs of ``sweep`` in a runs
+    table ``toylab export`` wrote (``--done-in``: results committed from another session's
+    store, docs/results), to be ``counted`` beside the store's own. The config is the row's
+    config columns, dotted names nested again; a value the file holds as JSON text (a list)
+    is compared as that text, so it can only make a point run again, never skip it."""
+    from analysis.runs import runs_table
+
+    path = Path(path)
+    table = runs_table(str(path))
+    if table.empty or "sweep_point" not in table:
+        return []
+    table = table[(table["sweep"] == sweep) & (table["status"] == "COMPLETED")]
+    found = []
+    for row in table.to_dict("records"):
+        config: dict = {}
+        for column in table.attrs["config_columns"]:
+            value = row[column]
+            node = config
+            *parents, leaf = column.split(".")
+            for name in parents:
+                node = node.setdefault(name, {})
+            node[leaf] = None if isinstance(value, float) and value != value else value  # NaN: None
+        found.append((row["sweep_point"], f"{path.name} run {row['run']}", config))
+    return found
+
+
 def _is_transient(error) -> bool:
     """An OperationFailure that a restarting server gives (not a refusal such as bad credentials)."""
     return bool(getattr(error, "has_error_label", lambda label: False)("RetryableWriteError")) or \

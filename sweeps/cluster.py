@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-from sweeps.claims import _safe, counted, default_store
+from sweeps.claims import _safe, completed_in_table, counted, default_store
 from sweeps.points import blocks, expand, load_experiment, point_configs
 from sweeps.worker import LeaveInterruptsToTheSweep, StopSweepCommand, run_block, still_running, stop, stop_grace
 
@@ -71,9 +71,11 @@ def slurm_cluster(partition: Optional[str] = None, walltime: str = "01:00:00", m
 
 
 def run_sweep(experiment_file: str, spec: dict, sweep: str, client, block_size: int = BLOCK_SIZE,
-              store=None, progress: Optional[bool] = None, points=None) -> list[dict]:
+              store=None, progress: Optional[bool] = None, points=None, done_in: Optional[str] = None) -> list[dict]:
     """Run every point of ``spec`` on ``client``'s cluster; one summary dict per point.
-    ``points``: the spec's points with their configs when the caller has built them already."""
+    ``points``: the spec's points with their configs when the caller has built them already.
+    ``done_in``: a runs table (``toylab export``) whose COMPLETED runs of this sweep count as
+    done too (another store's, committed), so they are not run again here."""
     from tqdm.auto import tqdm
 
     module = load_experiment(experiment_file)
@@ -86,7 +88,12 @@ def run_sweep(experiment_file: str, spec: dict, sweep: str, client, block_size: 
         raise SystemExit("the sweep has duplicate points (a key in both the grid and `with`?)")
     summary: dict = {}
     # a resumed sweep sends only what is missing (workers check again, under claims)
-    done, stale = counted(store.completed_runs(sweep), points)
+    elsewhere = completed_in_table(done_in, sweep) if done_in else []
+    done, stale = counted(store.completed_runs(sweep) + elsewhere, points)
+    if done_in:
+        labels = {run for _, run, _ in elsewhere}
+        print(f"sweep {sweep}: {sum(run in labels for run in done.values())} points have a COMPLETED run in "
+              f"{done_in} (they count as done)", flush=True)
     if stale:  # said before anything runs: a user who edited a named config by mistake can stop here
         shown = "; ".join(f"run {run}: " + ", ".join(f"{key} {was!r}, now {now!r}" for key, (was, now) in diff.items())
                           for _, run, diff in stale[:3])

@@ -167,3 +167,26 @@ def test_results_from_two_stores_accumulate_in_one_export_that_analysis_reads_ba
     assert f"`{results}`" in row and "| 4 |" in row
     refused = toylab("figures", "--source", str(results), "--only", "fsm_icl")
     assert refused.returncode == 2 and "is a runs table" in refused.stderr
+
+
+def test_a_sweep_counts_the_points_done_in_a_committed_runs_table(recorded, tmp_path):
+    """--done-in: a fresh store (the next session's machine) runs only the points the
+    committed runs table does not have COMPLETED; a missing table is refused in one line."""
+    results = tmp_path / "results.csv"
+    assert toylab("export", str(recorded), "--to", str(results), "--sweep", "cli").returncode == 0
+    fresh = tmp_path / "fresh-store"
+    command = ["sweep", "experiments/grokking.py", "--name", "cli", "--grid", "decoder_lr=1e-3,1e-2,1e-4", "--workers",
+               "1", "--done-in", str(results), "with", "paper", "train_steps=60", "log_every=10"]
+    swept = toylab(*command, env={"TOYLAB_RUNS_DIR": str(fresh)})
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    assert f"2 points have a COMPLETED run in {results}" in swept.stdout
+    assert "3 points: 1 run now, 2 already COMPLETED (skipped)" in swept.stdout
+    import analysis
+
+    ran = analysis.runs_table(str(fresh))
+    assert ran["decoder_lr"].tolist() == [1e-4] and ran["status"].tolist() == ["COMPLETED"]
+    missing = toylab(*[str(tmp_path / "nope.csv") if part == str(results) else part for part in command],
+                     env={"TOYLAB_RUNS_DIR": str(tmp_path / "untouched")})
+    assert missing.returncode == 2 and missing.stderr.strip() == (
+        f"--done-in {tmp_path / 'nope.csv'}: no runs table there (a .csv or .parquet file that toylab export wrote)")
+    assert not (tmp_path / "untouched").exists()
