@@ -70,12 +70,15 @@ def test_published_grid_at_a_smaller_budget_keeps_what_that_budget_sees():
 
 
 # --------------------------------------------------------------- the paper's split
-PAPER_CELLS = [  # diagram, named configs, the cell, budget (a little past the published t_test)
-    ("mse", ["paper"], {"decoder_lr": MSE_LRS[5], "decoder_weight_decay": 0}, 2100),
-    ("mse", ["paper"], {"decoder_lr": MSE_LRS[8], "decoder_weight_decay": 0}, 1000),  # memorization
-    ("mse", ["paper"], {"decoder_lr": MSE_LRS[0], "decoder_weight_decay": 0}, 21400),  # grokking
-    ("cross_entropy", ["paper", "cross_entropy"], {"decoder_lr": MSE_LRS[7], "decoder_weight_decay": 0}, 700),
-    ("representation_lr", ["paper"], {"decoder_lr": REPR_LRS[5], "encoder_lr": REPR_LRS[8]}, 1300),
+PAPER_CELLS = [  # diagram, named configs, the cell, budget (a little past the published t_test), tolerance
+    ("mse", ["paper"], {"decoder_lr": MSE_LRS[5], "decoder_weight_decay": 0}, 2100, 0),
+    ("mse", ["paper"], {"decoder_lr": MSE_LRS[8], "decoder_weight_decay": 0}, 1000, 0),  # memorization
+    # grokking: 14262 / 21295 to the step on an Intel Xeon, 14263 / 21295 on an AMD EPYC. Over 1e4
+    # float32 steps the CPU's own matrix-product kernels (their summation order) move a crossing by a
+    # step; the short cells above stay exact, and they fix the step convention (one step).
+    ("mse", ["paper"], {"decoder_lr": MSE_LRS[0], "decoder_weight_decay": 0}, 21400, 2),
+    ("cross_entropy", ["paper", "cross_entropy"], {"decoder_lr": MSE_LRS[7], "decoder_weight_decay": 0}, 700, 0),
+    ("representation_lr", ["paper"], {"decoder_lr": REPR_LRS[5], "encoder_lr": REPR_LRS[8]}, 1300, 0),
 ]
 
 
@@ -86,14 +89,18 @@ def paper_run(diagram, named, cell, budget, **updates):
     return ex.run(named_configs=named, config_updates=config).result
 
 
-@pytest.mark.parametrize("diagram, named, cell, budget", PAPER_CELLS,
-                         ids=[f"{d}-{'-'.join(f'{v:.3g}' for v in c.values())}" for d, _, c, _ in PAPER_CELLS])
-def test_the_paper_split_gives_the_published_steps(diagram, named, cell, budget):
+@pytest.mark.parametrize("diagram, named, cell, budget, tolerance", PAPER_CELLS,
+                         ids=[f"{d}-{'-'.join(f'{v:.3g}' for v in c.values())}" for d, _, c, _, _ in PAPER_CELLS])
+def test_the_paper_split_gives_the_published_steps(diagram, named, cell, budget, tolerance):
     result = paper_run(diagram, named, cell, budget)
     row, column = cell.values()
     t_train, t_test = published(diagram, row, column)
     paper_t_test = t_test if t_test + 1 <= budget - 1 else None  # what a run of this budget sees
-    assert (paper.paper_steps(result["t_train"]), paper.paper_steps(result["t_test"])) == (t_train, paper_t_test)
+    ours = (paper.paper_steps(result["t_train"]), paper.paper_steps(result["t_test"]))
+    if tolerance == 0 or paper_t_test is None:
+        assert ours == (t_train, paper_t_test)
+    else:
+        assert abs(ours[0] - t_train) <= tolerance and abs(ours[1] - paper_t_test) <= tolerance, (ours, (t_train, t_test))
     expected = paper.published_grid(diagram, budget=budget)
     expected = expected[(expected.iloc[:, 0] == row) & (expected.iloc[:, 1] == column)].iloc[0]
     assert result["phase"] == expected.phase
@@ -107,7 +114,10 @@ def test_the_off_trend_published_cell_at_decoder_lr_1e5_is_a_run_at_10_to_the_mi
     decay 2, both steps."""
     assert published("mse", MSE_LRS[0], 2) == (28496, 38395)
     lower = paper_run("mse", ["paper"], {"decoder_lr": 10 ** -5.2, "decoder_weight_decay": 2}, 38400)
-    assert (paper.paper_steps(lower["t_train"]), paper.paper_steps(lower["t_test"])) == (28496, 38395)
+    # to the step on the AMD EPYC it was measured on; within 2 steps, as the long cells of
+    # PAPER_CELLS, for another CPU's matrix-product kernels
+    steps = (paper.paper_steps(lower["t_train"]), paper.paper_steps(lower["t_test"]))
+    assert abs(steps[0] - 28496) <= 2 and abs(steps[1] - 38395) <= 2, steps
     own = paper_run("mse", ["paper"], {"decoder_lr": MSE_LRS[0], "decoder_weight_decay": 2}, 16700)
     assert 16500 < paper.paper_steps(own["t_train"]) < 16700 and own["t_test"] is None  # not the published cell
 
