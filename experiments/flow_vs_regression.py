@@ -59,6 +59,10 @@ SWEEPS = {
     "converged_longer": {"variants": [[paradigm, {"kind": kind, "dataset.num_train": n}]
                                       for kind, n, paradigm in NOT_PLATEAUED_AT_30000],
                          "config": {"training.num_epochs": 120000}, "seeds": 3},
+    # Concat against FiLM at convergence (num_train 50): both architectures run again side by
+    # side, so the comparison is paired by seed on one machine's runs.
+    "architecture_converged": {"grid": {"kind": ["recon", "proj"], "network.architecture": ["concat", "film"]},
+                               "variants": PARADIGMS, "config": {"training.num_epochs": 30000}, "seeds": 3},
 }
 
 
