@@ -6,6 +6,7 @@ the comparison of paradigms across seeds from stored runs.
     paired_difference(table, "final_eval_l2", "regression", "flow (gaussian)")
     longest = at_longest_budget(table)                  # each configuration at its longest budget
     paired_difference(longest, "final_eval_l2", "regression", "flow (gaussian)", by=CONFIGURATION[:-1])
+    paired_difference(longest, "final_eval_l2", "concat", "film", compared="network.architecture")
     integration_table("runs")                            # eval L2 against integration steps, Euler and RK4
 
 Intervals are 95% Student-t intervals of the mean over seeds (n - 1 degrees of freedom).
@@ -99,21 +100,24 @@ def summarise(table: pd.DataFrame, by: list, metrics: list) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paired_difference(table: pd.DataFrame, metric: str, first: str, second: str,
-                      by: tuple = ("kind", "dataset.num_train", "network.architecture", "training.num_epochs")
-                      ) -> pd.DataFrame:
-    """metric(first) - metric(second) for runs of the two paradigms that share the seed
-    (hence the target function and training conditions) and ``by``: columns difference.mean,
+def paired_difference(table: pd.DataFrame, metric: str, first: str, second: str, by: tuple | None = None,
+                      compared: str = "paradigm") -> pd.DataFrame:
+    """metric(first) - metric(second) for runs whose ``compared`` column (the paradigm by
+    default; ``"network.architecture"`` compares "concat" with "film") has those two values and
+    that share the seed (hence the target function and training conditions) and ``by`` (by
+    default everything else a configuration is, and the budget): columns difference.mean,
     .low, .high, .n per group, ``diverged`` (pairs left out), ``plateaued`` (pairs whose two
     runs both finished learning) and ``verdict``: "not converged: k of n pairs plateaued"
-    unless every pair did, else which paradigm is lower (the interval excludes 0) or
+    unless every pair did, else which side is lower (the interval excludes 0) or
     "inconclusive"; "no pairs (k diverged)" when none is left. The pairing removes the spread between target functions."""
-    by = [column for column in by if column in table.columns] or ["kind"]
+    if by is None:
+        by = [column for column in CONFIGURATION + ["training.num_epochs"] if column != compared]
+    by = [column for column in by if column in table.columns and column != compared] or ["kind"]
     keys = by + ["seed"]
     columns = [metric, "diverged", "plateaued"]
     table = table.assign(plateaued=table["plateaued"] if "plateaued" in table else plateaued(table))
-    a = table[table["paradigm"] == first].set_index(keys)[columns]
-    b = table[table["paradigm"] == second].set_index(keys)[columns]
+    a = table[table[compared] == first].set_index(keys)[columns]
+    b = table[table[compared] == second].set_index(keys)[columns]
     joined = a.add_suffix(".first").join(b.add_suffix(".second"), how="inner").reset_index()
     joined["difference"] = joined[f"{metric}.first"] - joined[f"{metric}.second"]
     joined["diverged"] = joined["diverged.first"] | joined["diverged.second"]  # a pair with one diverged run

@@ -384,6 +384,20 @@ def test_analysis_compares_paradigms_with_intervals(runs):
     partial = gaussian_longer[gaussian_longer["seed"] == SEEDS[0]]
     assert sorted(fvr.at_longest_budget(pd.concat([table, partial]))["run"]) == sorted(table["run"])
     assert set(finished["verdict"]) <= {"flow (gaussian) lower", "regression lower", "inconclusive"}
+    # the same pairing compares architectures within each paradigm: FiLM runs of the same
+    # seeds with twice the error give concat - film = -error, per paradigm
+    film = table.assign(**{"network.architecture": "film", "run": table["run"] + 2000,
+                           "final_eval_l2": 2 * table["final_eval_l2"]})
+    architectures = fvr.paired_difference(pd.concat([table.assign(plateaued=True), film.assign(plateaued=True)]),
+                                          "final_eval_l2", "concat", "film", compared="network.architecture")
+    assert len(architectures) == 2 * 3 and set(architectures["paradigm"]) == set(table["paradigm"])
+    for row in architectures.to_dict("records"):
+        runs_of = table[(table["kind"] == row["kind"]) & (table["paradigm"] == row["paradigm"]) & ~table["diverged"]]
+        assert row["difference.n"] == len(runs_of)
+        if row["difference.n"]:
+            assert row["difference.mean"] == pytest.approx(-runs_of["final_eval_l2"].mean())
+        if row["difference.n"] >= 2 and row["difference.high"] < 0:
+            assert row["verdict"] == "concat lower"
     # a diverged run (an overflowed integration) is counted, not averaged
     blown = table.assign(final_eval_l2=table["final_eval_l2"].where(table["paradigm"] != "flow (zeros)", 1e40))
     blown["diverged"] = fvr.diverged(blown["final_eval_l2"])
