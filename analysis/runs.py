@@ -267,6 +267,9 @@ def _read_runs_table_file(path: Path, experiment: Optional[str], config_filters:
     for column in ("start_time", "stop_time", "heartbeat"):
         if column in table:
             table[column] = pd.to_datetime(table[column], errors="coerce", utc=True, format="mixed")
+    for column in table.columns:  # the lists and dicts the export wrote as JSON text, as they were
+        if pd.api.types.is_string_dtype(table[column]) and (parsed := _json_containers(table[column])) is not None:
+            table[column] = parsed
     if experiment is not None and not table.empty:
         table = table[table["experiment"] == experiment]
     if config_filters and not table.empty:
@@ -274,6 +277,18 @@ def _read_runs_table_file(path: Path, experiment: Optional[str], config_filters:
     table = table.reset_index(drop=True)
     table.attrs.update(config_columns=[c for c in table.columns if c not in RUN_COLUMNS], result_columns=[])
     return table
+
+
+def _json_containers(column: pd.Series) -> Optional[pd.Series]:
+    """The column with its JSON lists and objects parsed, if every value in it is one (else None:
+    a text column that merely starts with a bracket stays text)."""
+    values = column.dropna()
+    if values.empty or not values.map(lambda v: isinstance(v, str) and v[:1] in "[{").all():
+        return None
+    try:
+        return column.map(lambda v: json.loads(v) if isinstance(v, str) else v)
+    except ValueError:
+        return None
 
 
 def mongo_metrics(database, run_id) -> dict:

@@ -105,15 +105,22 @@ def test_export_writes_the_runs_table_and_the_metrics(recorded, tmp_path, suffix
 def test_export_function_keeps_list_config_values_as_json(tmp_path):
     import analysis
 
+    plateau = [{"plateaued": True, "gain": 0.001}, {"plateaued": False, "gain": 0.2}]
     table = pd.DataFrame({"run": [1, 2], "experiment": ["e", "e"], "status": ["COMPLETED"] * 2, "sweep": [None] * 2,
-                          "sizes": [[1, 2], [3]], "mixed": [1, "a"]})
-    path = tmp_path / "t.parquet"
+                          "sizes": [[1, 2], [3]], "mixed": [1, "a"], "plateau": plateau,
+                          "note": ["[draft", None]})
     module = sys.modules["analysis.export"]  # the module, which analysis.export (the function) shadows
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(module, "runs_table", lambda *a, **k: table)
-        analysis.export("anywhere", path)
-    back = pd.read_parquet(path)
-    assert [json.loads(v) for v in back["sizes"]] == [[1, 2], [3]] and list(back["mixed"]) == ["1", "a"]
+    for path in (tmp_path / "t.parquet", tmp_path / "t.csv"):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(module, "runs_table", lambda *a, **k: table)
+            analysis.export("anywhere", path)
+        back = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        assert [json.loads(v) for v in back["sizes"]] == [[1, 2], [3]] and list(back["mixed"]) == ["1", "a"]
+        # read back as a source, the lists and dicts are lists and dicts again (a run's plateau
+        # record among them, which the analysis reads); text that only looks like JSON stays text
+        source = analysis.runs_table(str(path))
+        assert list(source["sizes"]) == [[1, 2], [3]] and list(source["plateau"]) == plateau
+        assert list(analysis.runs.plateaued(source)) == [True, False] and source["note"][0] == "[draft"
 
 
 def test_sync_uploads_to_the_real_server_and_board_refuses_an_unknown_command(recorded, local_mongo, tmp_path):
