@@ -63,6 +63,11 @@ SWEEPS = {
     # side, so the comparison is paired by seed on one machine's runs.
     "architecture_converged": {"grid": {"kind": ["recon", "proj"], "network.architecture": ["concat", "film"]},
                                "variants": PARADIGMS, "config": {"training.num_epochs": 30000}, "seeds": 3},
+    # Four times the budget for the one (kind, architecture, paradigm) of `architecture_converged`
+    # that had not plateaued and does converge: concat's Gaussian flow on proj, as in
+    # `converged_longer`. The zeros flow is not run again: its error wanders at 120 000 epochs too.
+    "architecture_converged_longer": {"variants": [["flow_gaussian", {"kind": "proj", "network.architecture": "concat"}]],
+                                      "config": {"training.num_epochs": 120000}, "seeds": 3},
 }
 
 
