@@ -153,6 +153,7 @@ def test_results_from_two_stores_accumulate_in_one_export_that_analysis_reads_ba
     for store, added in ((recorded, 3), (recorded, 3), (other, 7)):  # the same store twice: each run kept once
         result = toylab("export", str(store), "--to", str(results), "--append", "--status", "COMPLETED")
         assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"{3 if store == recorded else 4} runs added to {results}"
         assert len(pd.read_csv(results)) == added
     table = analysis.runs_table(str(results))
     assert sorted(table["run"]) == [1, 1, 2, 2, 3, 3, 4]  # two stores' ids, told apart by their start times

@@ -143,7 +143,8 @@ def export_command(args) -> int:
                                **_filters(args.filters))
     except ValueError as error:
         raise SystemExit(f"toylab export: {error}") from None
-    print(f"{what} of {len(table)} runs {'added to' if args.append else 'written to'} {path}")
+    done = "added to" if args.append else "written to"
+    print(f"{len(table)} runs {done} {path}" if what == "runs" else f"the metrics of {len(table)} runs {done} {path}")
     return 0
 
 
