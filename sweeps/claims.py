@@ -336,8 +336,8 @@ def completed_in_table(path, sweep: str) -> list[tuple]:
     """(point key, run label, recorded config) of the COMPLETED runs of ``sweep`` in a runs
     table ``toylab export`` wrote (``--done-in``: results committed from another session's
     store, docs/results), to be ``counted`` beside the store's own. The config is the row's
-    config columns, dotted names nested again; a value the file holds as JSON text (a list)
-    is compared as that text, so it can only make a point run again, never skip it."""
+    config columns, dotted names nested again (lists the file holds as JSON text are read back
+    as lists by ``analysis.runs_table``)."""
     from analysis.runs import runs_table
 
     path = Path(path)

@@ -90,9 +90,9 @@ def run_sweep(experiment_file: str, spec: dict, sweep: str, client, block_size: 
     # a resumed sweep sends only what is missing (workers check again, under claims)
     elsewhere = completed_in_table(done_in, sweep) if done_in else []
     done, stale = counted(store.completed_runs(sweep) + elsewhere, points)
-    if done_in:
-        labels = {run for _, run, _ in elsewhere}
-        print(f"sweep {sweep}: {sum(run in labels for run in done.values())} points have a COMPLETED run in "
+    if done_in:  # this sweep's points only: the table may hold other seeds of the sweep's name
+        in_table, _ = counted(elsewhere, points)
+        print(f"sweep {sweep}: {len(in_table.keys() & by_key.keys())} points have a COMPLETED run in "
               f"{done_in} (they count as done)", flush=True)
     if stale:  # said before anything runs: a user who edited a named config by mistake can stop here
         shown = "; ".join(f"run {run}: " + ", ".join(f"{key} {was!r}, now {now!r}" for key, (was, now) in diff.items())

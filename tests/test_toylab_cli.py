@@ -193,6 +193,12 @@ def test_a_sweep_counts_the_points_done_in_a_committed_runs_table(recorded, tmp_
 
     ran = analysis.runs_table(str(fresh))
     assert ran["decoder_lr"].tolist() == [1e-4] and ran["status"].tolist() == ["COMPLETED"]
+    # a sweep of fewer points counts only its own among the table's (another seed's, here 1e-2)
+    narrower = toylab(*[part.replace("1e-3,1e-2,1e-4", "1e-3") for part in command],
+                      env={"TOYLAB_RUNS_DIR": str(fresh)})
+    assert narrower.returncode == 0, narrower.stdout + narrower.stderr
+    assert f"1 points have a COMPLETED run in {results}" in narrower.stdout
+    assert "1 points: 0 run now, 1 already COMPLETED (skipped)" in narrower.stdout
     missing = toylab(*[str(tmp_path / "nope.csv") if part == str(results) else part for part in command],
                      env={"TOYLAB_RUNS_DIR": str(tmp_path / "untouched")})
     assert missing.returncode == 2 and missing.stderr.strip() == (
