@@ -123,12 +123,23 @@ def test_unreachable_at_start_records_the_whole_run_in_the_fallback_dir(backend,
     assert backend.db.runs.count_documents({}) == 0
 
 
+def up_once_hit(backend, timeout: float = 10.0) -> None:
+    """End the outage, but only after it has hit a write: the observer writes from its
+    heartbeat thread, which a loaded machine can hold back for the whole outage (a CI run on 2
+    busy cores saw none in steps 15-45). Bounded: past ``timeout`` the test fails as before."""
+    deadline = time.monotonic() + timeout
+    while backend.injected < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    backend.up()
+
+
 @pytest.mark.parametrize("mode", ["refuse", "lost_reply"])
 def test_outage_mid_run_loses_nothing_once_mongodb_returns(backend, mode):
-    """Injected: MongoDB down from step 15 to step 45 (through an artifact at step 35);
-    "refuse": writes fail; "lost_reply": writes are applied but their replies lost."""
+    """Injected: MongoDB down from step 15 to step 45 (through an artifact at step 35), and
+    until a write has met it; "refuse": writes fail; "lost_reply": writes are applied but
+    their replies lost."""
     observer = backend.observer()
-    run = run_experiment(observer, {15: lambda: backend.down(mode), 45: backend.up})
+    run = run_experiment(observer, {15: lambda: backend.down(mode), 45: lambda: up_once_hit(backend)})
     assert backend.injected >= 1, "the outage never hit a write: the test proved nothing"
     assert run.status == "COMPLETED"
     assert observer.fallback_run_dir is None and observer.pending() == 0
