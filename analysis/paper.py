@@ -265,6 +265,10 @@ def compare(table: pd.DataFrame, diagram: str, x: Optional[str] = None, y: Optio
         verdict = (f"too few seeds for a verdict ({len(seed_scores)}, at least {min_seeds}): the paper's diagram "
                    f"scores {paper_score:.3f}, our seeds {min(seed_scores.values()):.3f}.."
                    f"{max(seed_scores.values()):.3f}")
+    elif paper_score > max(seed_scores.values()):  # not "within": it matches our seeds better than any of them
+        verdict = (f"typical: the paper's diagram scores {paper_score:.3f}, above each of our seeds' "
+                   f"{min(seed_scores.values()):.3f}..{max(seed_scores.values()):.3f} (above {below} of "
+                   f"{len(seed_scores)}): it has our seeds' phases more often than any one of our seeds")
     elif paper_score >= min(seed_scores.values()):
         verdict = (f"typical: the paper's diagram scores {paper_score:.3f}, within our seeds' "
                    f"{min(seed_scores.values()):.3f}..{max(seed_scores.values()):.3f} (above {below} of "

@@ -271,7 +271,8 @@ def test_compare_on_a_hand_made_table():
     assert result["typicality"] == pytest.approx((2 / 3 + 1 / 3 + 1 / 3) / 3)
     # leave one out: seed 0 (c, c, g) and seed 1 (c, c, m) score (1/2 + 1/2 + 0) / 3; seed 2 (m, m, conf) 0
     assert result["seed_typicality"] == pytest.approx({0: 1 / 3, 1: 1 / 3, 2: 0.0})
-    assert result["verdict"].startswith("typical") and "above 3 of 3" in result["verdict"]
+    assert result["verdict"] == ("typical: the paper's diagram scores 0.444, above each of our seeds' 0.000..0.333 "
+                                 "(above 3 of 3): it has our seeds' phases more often than any one of our seeds")
     few = paper.compare(pd.DataFrame(rows), "mse")  # three seeds, fewer than the five a verdict takes
     assert few["verdict"].startswith("too few seeds for a verdict (3, at least 5)")
     assert {key: few[key] for key in ("agreeing", "typicality")} == {key: result[key] for key in ("agreeing",
