@@ -125,8 +125,8 @@ def test_unreachable_at_start_records_the_whole_run_in_the_fallback_dir(backend,
 
 def up_once_hit(backend, timeout: float = 10.0) -> None:
     """End the outage, but only after it has hit a write: the observer writes from its
-    heartbeat thread, which a loaded machine can hold back for the whole outage (a CI run on 2
-    busy cores saw none in steps 15-45). Bounded: past ``timeout`` the test fails as before."""
+    heartbeat thread, which a loaded machine can hold back for the whole outage (a fresh-clone
+    check on 2 busy cores saw none in steps 15-45). Bounded: past ``timeout`` the test fails as before."""
     deadline = time.monotonic() + timeout
     while backend.injected < 1 and time.monotonic() < deadline:
         time.sleep(0.01)

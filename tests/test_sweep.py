@@ -397,6 +397,13 @@ def test_the_readme_s_convergence_sweeps_list_their_budgets():
         assert (f"epochs={doubled}" in words) if doubled else not any(w.startswith("epochs=") for w in words), words
     flow = listed("flow_vs_regression.py", "converged")
     assert len(flow) == 3 * 2 * 3 * 3 and all("training.num_epochs=30000" in words for words in flow)
+    # concat against FiLM (README "Measured at convergence"): both architectures, every paradigm
+    architectures = listed("flow_vs_regression.py", "architecture_converged")
+    assert len(architectures) == 3 * 2 * 2 * 3 and all("training.num_epochs=30000" in w for w in architectures)
+    assert sum("network.architecture=film" in w for w in architectures) == 18
+    longer = listed("flow_vs_regression.py", "architecture_converged_longer")
+    assert [w[:4] for w in longer] == [["flow_gaussian", "training.num_epochs=120000", "kind=proj",
+                                                 "network.architecture=concat"]] * 3
 
 
 STOPPED = ["-m", "sweeps", GROKKING, "--name", "stopped", "--grid", "decoder_lr=1e-3,1e-2", "--workers", "2",
