@@ -7,6 +7,11 @@
 ``append=True`` adds the runs to a runs table written before (another session's, from
 another store), so a measurement that takes several sessions accumulates in one file; a
 run already in it (same experiment, run id and start time) is kept once.
+
+``curves=["val.acc", ...]`` adds to a runs table each run's curve of those metrics, as a
+column ``curve:<metric>`` ({"steps": [...], "values": [...]}), so an analysis that reads
+curves (accuracy against steps, a plateau recomputed at a shorter budget) works from the
+table as from the store: ``metrics_table`` reads them back.
 """
 from __future__ import annotations
 
@@ -17,18 +22,19 @@ from typing import Optional
 
 import pandas as pd
 
-from analysis.runs import metrics_table, runs_table
+from analysis.runs import CURVE_PREFIX, metrics_table, runs_table
 
 FORMATS = (".csv", ".parquet")
 
 
 def export(source, path, what: str = "runs", experiment: Optional[str] = None, db_name: Optional[str] = None,
            status: Optional[str] = None, sweep: Optional[str] = None, metric=None, append: bool = False,
-           **config_filters) -> Path:
+           curves=None, **config_filters) -> Path:
     """Write the runs table (``what="runs"``: one row per run, config keys and results as
     columns) or the metrics table (``"metrics"``: run, metric, step, value) of ``source`` (a
     runs directory or a MongoDB URL) to ``path``, CSV or Parquet by its suffix. ``status`` and
-    ``sweep`` select runs; further keywords filter on config values. Returns the path."""
+    ``sweep`` select runs; ``curves`` (metric names) adds those curves to a runs table; further
+    keywords filter on config values. Returns the path."""
     path = Path(path)
     if path.suffix not in FORMATS:
         raise ValueError(f"{path}: the file name must end in {' or '.join(FORMATS)}")
@@ -36,9 +42,11 @@ def export(source, path, what: str = "runs", experiment: Optional[str] = None, d
         raise ValueError(f"what={what!r}: use runs or metrics")
     if append and what != "runs":
         raise ValueError("append adds runs to a runs table; metrics are exported whole")
+    if curves and what != "runs":
+        raise ValueError("curves are columns of a runs table; a metrics export holds every point already")
     runs = select(runs_table(source, experiment=experiment, db_name=db_name, **config_filters), status, sweep)
     if what == "runs":
-        table = runs
+        table = _with_curves(runs, source, curves, experiment, db_name, config_filters) if curves else runs
     else:
         table = metrics_table(source, metric=metric, experiment=experiment, db_name=db_name, **config_filters)
         table = table[table["run"].isin(runs["run"])].reset_index(drop=True)
@@ -50,6 +58,21 @@ def export(source, path, what: str = "runs", experiment: Optional[str] = None, d
     else:
         table.to_parquet(path, index=False)
     return path
+
+
+def _with_curves(runs: pd.DataFrame, source, curves, experiment, db_name, config_filters) -> pd.DataFrame:
+    """``runs`` with a column ``curve:<metric>`` per metric of ``curves``: each run's steps and values."""
+    points = metrics_table(source, metric=list(curves), experiment=experiment, db_name=db_name, **config_filters)
+    points = points[points["run"].isin(runs["run"])]
+    runs = runs.copy()
+    for name in curves:
+        mine = points[points["metric"] == name].sort_values(["run", "step"])
+        by_run = {run: {"steps": group["step"].tolist(), "values": group["value"].tolist()}
+                  for run, group in mine.groupby("run")}
+        if not by_run:
+            raise ValueError(f"curves: no selected run logged a metric {name!r}")
+        runs[CURVE_PREFIX + name] = [by_run.get(run) for run in runs["run"]]
+    return runs
 
 
 def _appended(path: Path, table: pd.DataFrame) -> pd.DataFrame:

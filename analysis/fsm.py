@@ -117,10 +117,13 @@ def load(source, **filters) -> pd.DataFrame:
     table = table[(table["status"] == "COMPLETED") & (table["kind"] == "train")].copy()
     # runs recorded before fresh_walks existed trained on one fixed set
     table["fresh_walks"] = table["fresh_walks"].fillna(False).astype(bool) if "fresh_walks" in table else False
-    # a curriculum stage is labelled by the dataset of the run it started from
+    # a curriculum stage is labelled by the dataset of the run it started from: as the stage
+    # recorded it, or (runs recorded before it did) as the run of that id in the same store
     datasets = dict(zip(table["run"], table["dataset"]))
     previous = table["init_from"] if "init_from" in table else pd.Series(None, index=table.index)
-    table["init_from_dataset"] = [_previous_dataset(run, datasets) for run in previous]
+    recorded = table["init_from_dataset"] if "init_from_dataset" in table else pd.Series(None, index=table.index)
+    table["init_from_dataset"] = [dataset if isinstance(dataset, str) else _previous_dataset(run, datasets)
+                                  for run, dataset in zip(previous, recorded)]
     table["model_name"] = [model_name(*row) for row in table[["model", "d_model", "num_layers"]].itertuples(
         index=False)]
     table["configuration"] = [f"{name} {dataset}" + (f" after {previous}" if isinstance(previous, str) else "")
@@ -354,15 +357,19 @@ def plan_runs(table: pd.DataFrame) -> pd.DataFrame:
 def learning_curves(source, runs: pd.DataFrame | None = None, **filters) -> pd.DataFrame:
     """The logged validation curves of the runs at the plan's walks that started afresh, each
     configuration at its longest budget (``runs``: a ``load`` table already read from
-    ``source``): long frame run, configuration, seed, chance, plateaued (its recorded
-    plateau), metric (val.acc, val.repeat_acc), epoch, value."""
+    ``source``): long frame run, start_time, configuration, seed, chance, plateaued (its
+    recorded plateau), metric (val.acc, val.repeat_acc), epoch, value. ``source`` may be a runs
+    table exported with these curves (``toylab export --curves val.acc val.repeat_acc``)."""
     table = plan_runs(load(source, **filters) if runs is None else runs)
     if table.empty:
-        return pd.DataFrame(columns=["run", "configuration", "seed", "chance", "plateaued", "metric", "epoch", "value"])
+        return pd.DataFrame(columns=["run", "start_time", "configuration", "seed", "chance", "plateaued", "metric",
+                                     "epoch", "value"])
     points = metrics_table(source, metric=list(CURVE_METRICS), experiment=EXPERIMENT, **filters)
-    points = points[points["run"].isin(table["run"])].rename(columns={"step": "epoch"})
-    return points.merge(table[["run", "configuration", "seed", "chance"]].assign(plateaued=plateaued(table)),
-                        on="run")
+    # a runs table accumulated from several stores repeats run ids: its curves carry the start time too
+    same_run = ["run", "start_time"] if "start_time" in points else ["run"]
+    points = points.rename(columns={"step": "epoch"})
+    runs = table[["run", "start_time", "configuration", "seed", "chance"]].assign(plateaued=plateaued(table))
+    return points.merge(runs, on=same_run)
 
 
 def steps_per_epoch(runs: pd.DataFrame) -> int | None:
@@ -380,16 +387,18 @@ def hypotheses_by_budget(source, epochs: list, runs: pd.DataFrame | None = None,
     ``hypotheses`` columns; ``runs``: a ``load`` table already read from ``source``."""
     table = load(source, **filters) if runs is None else runs
     curves = learning_curves(source, runs=table, **filters)
+    # a run is its id and start time: ids repeat in a runs table accumulated from several stores
     series = {run: {metric: (group["epoch"].tolist(), group["value"].tolist())
                     for metric, group in points.sort_values("epoch").groupby("metric")}
-              for run, points in curves.groupby("run")}
-    judged = table[table["run"].isin(series)].drop(columns=probe_columns(table)).to_dict("records")
+              for run, points in curves.groupby(["run", "start_time"])}
+    judged = [run for run in table.drop(columns=probe_columns(table)).to_dict("records")
+              if (run["run"], run["start_time"]) in series]
     rows = []
     for budget in epochs:
         read = []
         for run in judged:
             truncated = {metric: tuple(map(list, zip(*[(e, v) for e, v in zip(*curve) if e < budget]))) or ([], [])
-                         for metric, curve in series[run["run"]].items()}
+                         for metric, curve in series[(run["run"], run["start_time"])].items()}
             if any(not steps or steps[-1] != budget - 1 for steps, _ in truncated.values()):
                 continue  # no measurement at that epoch
             rule = run["plateau"] if isinstance(run.get("plateau"), dict) else {}

@@ -34,7 +34,7 @@ from analysis.figures import plt
 from analysis.grokking import critical_fraction_figure, dof_probability, phase_table
 from analysis.intervals import mean_ci
 from analysis.list_ops import operation_bars
-from analysis.runs import is_runs_table_file, load_runs, plateaued, runs_table, sweep_runs
+from analysis.runs import CURVE_PREFIX, is_runs_table_file, load_runs, plateaued, runs_table, sweep_runs
 from observers.mongo import redact
 
 # the published diagrams, their sweeps on the paper's split and over seeds (experiments/grokking.py SWEEPS)
@@ -129,12 +129,16 @@ def fsm_icl(source):
 
 def fsm_budget(source):
     runs = fsm.load_cpu_plan(source)
+    if not runs.empty and is_runs_table_file(source) and not any(str(c).startswith(CURVE_PREFIX) for c in runs):
+        yield Skip("fsm_budget.png", f"{source} was exported without the curves: toylab export ... "
+                                     f"--curves {' '.join(fsm.CURVE_METRICS)}")
+        return
     curves = fsm.learning_curves(source, runs=runs)
     if curves.empty:
         yield Skip("fsm_budget.png", "no COMPLETED fsm_icl training runs: "
                                      "python -m sweeps experiments/fsm_icl.py --sweep plan_cpu")
         return
-    used = runs[runs["run"].isin(curves["run"])]
+    used = runs.merge(curves[["run", "start_time"]].drop_duplicates(), on=["run", "start_time"])
     budget = fsm.plan_budget(runs)
     walks = (f"{budget['train_sequences']} {'fresh ' if budget['fresh_walks'] else ''}walks of "
              f"{budget['n_transitions']} steps per epoch, Adam lr {budget['lr']:g}")
@@ -242,7 +246,7 @@ FIGURES = {"grokking": grokking, "critical_fraction": critical_fraction, "fsm_ic
            "two_stage": two_stage, "list_ops": list_ops, "flow_vs_regression": flow_vs_regression,
            "grokking_transformer": transformer_grokking}
 # drawn from the runs table alone, so also from a runs table `toylab export` wrote (docs/results)
-FROM_RUNS_TABLE = ("grokking", "critical_fraction")
+FROM_RUNS_TABLE = ("grokking", "critical_fraction", "fsm_icl", "fsm_budget")  # fsm_budget: its curves exported
 
 
 # ------------------------------------------------------------------ SOURCES.md
@@ -328,7 +332,7 @@ def main(argv=None) -> int:
         except Exception as error:  # noqa: BLE001 - one figure's failure does not stop the others
             notes.append(f"failed {group}: {type(error).__name__}: {' '.join(str(error).split())}")
             failed = True
-    if not rows and not failed and (grokking_runs(source).empty if table_file else not load_runs(source)):
+    if not rows and not failed and (runs_table(source).empty if table_file else not load_runs(source)):
         print(f"error: no runs in {shown}", file=sys.stderr)
         return 1
     for line in notes + ([] if rows else [f"error: no figure written from {shown}"]):

@@ -19,7 +19,10 @@ the recorded status stays in the column ``recorded_status``.
 A runs table written by ``toylab export`` (``.csv`` or ``.parquet``) is a source of
 ``runs_table`` too, so results committed as data (docs/results) are analysed like stored
 runs: its rows as exported (the status as recorded then), the same filters. It holds no
-metrics or artifacts: ``load_runs`` and ``metrics_table`` refuse it in one line.
+artifacts (``load_runs`` refuses it in one line) and only the metric curves exported with it
+(``export(..., curves=[...])``: a column ``curve:<metric>`` per curve), which
+``metrics_table`` reads back with each row's ``start_time``: run ids repeat across the
+stores a table accumulates from, and the run id with its start time tells two runs apart.
 
 Keyword filters match config values (``p=10``, ``seed=[0, 1, 2]``); ``experiment``
 matches the experiment name. A run directory that cannot be read (half-written, invalid
@@ -37,6 +40,7 @@ import pandas as pd
 
 RUN_COLUMNS = ["run", "experiment", "status", "recorded_status", "start_time", "stop_time", "heartbeat", "sweep",
                "sweep_point"]
+CURVE_PREFIX = "curve:"  # an exported runs table's column holding one metric's {"steps": [...], "values": [...]}
 DEAD_AFTER = 120.0  # seconds without a heartbeat after which a RUNNING run counts as DEAD
 
 
@@ -275,7 +279,8 @@ def _read_runs_table_file(path: Path, experiment: Optional[str], config_filters:
     if config_filters and not table.empty:
         table = table[[_matches(row, config_filters) for row in table.to_dict("records")]]
     table = table.reset_index(drop=True)
-    table.attrs.update(config_columns=[c for c in table.columns if c not in RUN_COLUMNS], result_columns=[])
+    table.attrs.update(config_columns=[c for c in table.columns if c not in RUN_COLUMNS
+                                       and not c.startswith(CURVE_PREFIX)], result_columns=[])
     return table
 
 
@@ -302,8 +307,15 @@ def mongo_metrics(database, run_id) -> dict:
 
 def metrics_table(source, metric: Optional[str | list] = None, experiment: Optional[str] = None,
                   db_name: Optional[str] = None, **config_filters) -> pd.DataFrame:
-    """Long frame of every logged point: columns run, metric, step, value."""
+    """Long frame of every logged point: columns run, metric, step, value (and start_time
+    from an exported runs table: the curves it was exported with)."""
     wanted = {metric} if isinstance(metric, str) else set(metric) if metric else None
+    if is_runs_table_file(source):
+        table = runs_table(source, experiment=experiment, **config_filters)
+        if not any(column.startswith(CURVE_PREFIX) for column in table.columns):
+            raise ValueError(f"{source} is an exported runs table without curves: export it with "
+                             "`toylab export ... --curves NAME ...` to read metrics from it")
+        return _table_curves(table, wanted)
     frames = []
     for run in load_runs(source, experiment, db_name, **config_filters):
         metrics = mongo_metrics(run._database, run.id) if _is_mongo(source) else run.metrics
@@ -314,6 +326,25 @@ def metrics_table(source, metric: Optional[str | list] = None, experiment: Optio
     if not frames:
         return pd.DataFrame({"run": pd.Series(dtype="int64"), "metric": pd.Series(dtype="object"),
                              "step": pd.Series(dtype="int64"), "value": pd.Series(dtype="float64")})
+    return pd.concat(frames, ignore_index=True)
+
+
+def _table_curves(table: pd.DataFrame, wanted: Optional[set]) -> pd.DataFrame:
+    """The long metrics frame of the curve columns of an exported runs table."""
+    frames = []
+    for column in (c for c in table.columns if c.startswith(CURVE_PREFIX)):
+        name = column[len(CURVE_PREFIX):]
+        if wanted is not None and name not in wanted:
+            continue
+        for run, start, curve in table[["run", "start_time", column]].itertuples(index=False):
+            if isinstance(curve, dict):
+                frames.append(pd.DataFrame({"run": run, "start_time": start, "metric": name,
+                                            "step": pd.Series(curve["steps"], dtype="int64"),
+                                            "value": pd.Series(curve["values"], dtype="float64")}))
+    if not frames:
+        return pd.DataFrame({"run": pd.Series(dtype="int64"), "start_time": pd.Series(dtype="datetime64[ns, UTC]"),
+                             "metric": pd.Series(dtype="object"), "step": pd.Series(dtype="int64"),
+                             "value": pd.Series(dtype="float64")})
     return pd.concat(frames, ignore_index=True)
 
 

@@ -407,6 +407,8 @@ def main(_run, _config, kind, init_from, epochs, probe_epochs, n_states, num_lay
                                       "dataset": _config["dataset"]}, CHECKPOINT)
 
     result = dict(reference)
+    if init_from is not None:  # the stage's own record: a run id means nothing outside its store
+        result["init_from_dataset"] = checkpoint["dataset"]
     for name in ("train.acc", "train.loss", "val.acc", "val.loss", "val.first_acc", "val.repeat_acc",
                  "val.nontrivial_acc"):
         result["final_" + name.replace(".", "_")] = finite_or_none(final.get(name, math.nan))

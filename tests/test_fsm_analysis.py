@@ -201,3 +201,63 @@ def test_a_short_budget_reads_not_converged_and_the_full_budget_gives_the_final_
     figure = fsm.budget_figure(curves, steps_per_epoch=3)
     lines = [line for line in figure.axes[0].lines if "5s5a" in line.get_label()]  # not the chance line
     assert len(lines) == 2 and lines[0].get_xdata()[-1] == 18  # 6 epochs of 3 steps
+
+
+def test_the_plan_accumulates_over_sessions_in_one_runs_table_with_its_curves(tmp_path, monkeypatch):
+    """The CPU plan outlasts a session, and a session's store does not: each session exports
+    its runs with their curves (`toylab export --append --curves`, the README's command) into
+    one table. Run ids start at 1 in every store, so the table repeats them: the curriculum
+    stage is labelled by its own record (run 1 of the other store is a 5s5a run: an id lookup
+    would say "after 5s5a"), and the curves, the hypotheses at every budget and the budget
+    figure come out as from the stores themselves."""
+    import subprocess
+    import sys
+
+    from experiments.fsm_icl import ex
+
+    tiny = {"n_transitions": 12, "train_sequences": 48, "val_sequences": 32, "eval_sequences": 0, "epochs": 6,
+            "batch_size": 16, "data_dir": str(tmp_path / "data")}
+    first, second = tmp_path / "session-1", tmp_path / "session-2"
+    monkeypatch.setenv("TOYLAB_RUNS_DIR", str(first))
+    ex.run(named_configs=["small_lstm_5s5a"], config_updates={**tiny, "dataset": "easy"})  # run 1
+    ex.run(named_configs=["small_lstm_5s5a"], config_updates={**tiny, "init_from": 1})  # run 2: the stage after it
+    ex.run(named_configs=["vanilla_rnn_5s5a"], config_updates=tiny)
+    monkeypatch.setenv("TOYLAB_RUNS_DIR", str(second))
+    for seed in range(2):
+        ex.run(named_configs=["small_lstm_5s5a"], config_updates={**tiny, "seed": seed})  # runs 1, 2: 5s5a
+    ex.run(named_configs=["vanilla_rnn_5s5a"], config_updates={**tiny, "seed": 1})
+
+    table = tmp_path / "fsm_plan_cpu.csv"
+    toylab = str(Path(sys.executable).parent / "toylab")
+    for store in (first, second):
+        exported = subprocess.run([toylab, "export", str(store), "--to", str(table), "--append", "--experiment",
+                                   "fsm_icl", "--status", "COMPLETED", "--curves", "val.acc", "val.repeat_acc"],
+                                  cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert exported.returncode == 0 and exported.stdout.strip() == f"3 runs added to {table}", exported.stderr
+
+    runs = fsm.load(str(table))
+    assert sorted(runs["run"]) == [1, 1, 2, 2, 3, 3]
+    assert sorted(runs["configuration"]) == ["small_lstm 5s5a", "small_lstm 5s5a", "small_lstm 5s5a after easy",
+                                             "small_lstm easy", "vanilla_rnn 5s5a", "vanilla_rnn 5s5a"]
+    stores = pd.concat([fsm.load(str(first)), fsm.load(str(second))], ignore_index=True)
+    same = ["run", "start_time", "configuration", "metric", "epoch", "value"]
+    from_table = fsm.learning_curves(str(table))[same].sort_values(same[:5]).reset_index(drop=True)
+    from_stores = pd.concat([fsm.learning_curves(str(first)), fsm.learning_curves(str(second))])[same]
+    pd.testing.assert_frame_equal(from_table, from_stores.sort_values(same[:5]).reset_index(drop=True),
+                                  check_dtype=False)
+    assert len(from_table[from_table["metric"] == "val.repeat_acc"]) == 5 * 6  # the curriculum stage is not plan
+
+    gating = "gating beats 4x the parameters: small LSTM (68K) > vanilla RNN (270K)"
+    final = fsm.hypotheses(stores).set_index("claim").loc[gating]
+    read = fsm.hypotheses(str(table)).set_index("claim").loc[gating]
+    assert (read["A"], read["B"], read["verdict"]) == (final["A"], final["B"], final["verdict"])
+    assert "(n=2)" in read["A"] and "(n=2)" in read["B"]
+    by_budget = fsm.hypotheses_by_budget(str(table), [2, 6]).set_index(["epochs", "claim"])
+    assert by_budget.loc[(6, gating), "difference"] == pytest.approx(final["difference"])
+    assert by_budget.loc[(2, gating), "verdict"].startswith("not converged: small_lstm 5s5a 0 of 2 runs")
+
+    out = tmp_path / "figures"
+    drawn = subprocess.run([toylab, "figures", "--source", str(table), "--out", str(out), "--only", "fsm_budget"],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert drawn.returncode == 0, drawn.stderr
+    assert (out / "fsm_budget.png").stat().st_size > 10_000

@@ -165,7 +165,7 @@ def test_results_from_two_stores_accumulate_in_one_export_that_analysis_reads_ba
     assert len(seeds) == 4 and sorted(set(seeds["seed"])) == [0, 1]
     listed = toylab("runs", str(results), "--sweep", "phase_mse_seeds")
     assert listed.returncode == 0 and listed.stdout.strip().endswith(f"4 runs in {results}"), listed.stdout
-    with pytest.raises(ValueError, match="exported runs table"):
+    with pytest.raises(ValueError, match="exported runs table without curves"):
         analysis.metrics_table(str(results))
     out = tmp_path / "figures"
     drawn = toylab("figures", "--source", str(results), "--out", str(out))
@@ -173,7 +173,7 @@ def test_results_from_two_stores_accumulate_in_one_export_that_analysis_reads_ba
     assert (out / "phase_mse_seeds.png").stat().st_size > 10_000
     row = next(line for line in (out / "SOURCES.md").read_text().splitlines() if "phase_mse_seeds.png" in line)
     assert f"`{results}`" in row and "| 4 |" in row
-    refused = toylab("figures", "--source", str(results), "--only", "fsm_icl")
+    refused = toylab("figures", "--source", str(results), "--only", "two_stage")  # not drawn from a runs table
     assert refused.returncode == 2 and "is a runs table" in refused.stderr
 
 

@@ -4,12 +4,13 @@
     toylab board start | stop                                          # make board / make board-stop
     toylab sync [DIR ...]                                              # python -m observers sync ...
     toylab runs [SOURCE] [--experiment E] [--status S] [--sweep N] [KEY=VALUE ...] [--columns K1,K2]
-    toylab export [SOURCE] --to runs.csv|runs.parquet [--append] [--metrics [NAME ...]] [filters as for runs]
+    toylab export [SOURCE] --to runs.csv|runs.parquet [--append] [--metrics [NAME ...]] [--curves NAME ...]
+                  [filters as for runs]
     toylab figures [--source SOURCE] [--out DIR] [--only NAME]             # make figures
     toylab notebooks [--source SOURCE] [NOTEBOOK ...]                        # make notebooks
 
-SOURCE is a runs directory, a MongoDB URL or a runs table export wrote (its rows only: no
-metrics); by default where runs are recorded now (TOYLAB_MONGO_URL, else TOYLAB_RUNS_DIR or ./runs).
+SOURCE is a runs directory, a MongoDB URL or a runs table export wrote (its rows, and the
+curves exported with them); by default where runs are recorded now (TOYLAB_MONGO_URL, else TOYLAB_RUNS_DIR or ./runs).
 """
 from __future__ import annotations
 
@@ -58,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
                                  help="add the runs to the runs table in FILE (each run once) instead of replacing it")
             command.add_argument("--metrics", nargs="*", metavar="NAME",
                                  help="export the metrics (all, or these) instead of the runs table")
+            command.add_argument("--curves", nargs="+", metavar="NAME",
+                                 help="add these metrics' curves to the runs table (a column curve:NAME each), "
+                                      "so analyses of curves work from the file")
     return parser
 
 
@@ -140,7 +144,7 @@ def export_command(args) -> int:
     try:
         path = analysis.export(source, args.to, what=what, experiment=args.experiment, status=args.status,
                                sweep=args.sweep, metric=args.metrics or None, append=args.append,
-                               **_filters(args.filters))
+                               curves=args.curves, **_filters(args.filters))
     except ValueError as error:
         raise SystemExit(f"toylab export: {error}") from None
     done = "added to" if args.append else "written to"
