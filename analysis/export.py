@@ -63,15 +63,17 @@ def export(source, path, what: str = "runs", experiment: Optional[str] = None, d
 def _with_curves(runs: pd.DataFrame, source, curves, experiment, db_name, config_filters) -> pd.DataFrame:
     """``runs`` with a column ``curve:<metric>`` per metric of ``curves``: each run's steps and values."""
     points = metrics_table(source, metric=list(curves), experiment=experiment, db_name=db_name, **config_filters)
-    points = points[points["run"].isin(runs["run"])]
+    # from a runs table the run ids may repeat (several stores): a run is its id and start time there
+    same_run = ["run", "start_time"] if "start_time" in points else ["run"]
     runs = runs.copy()
     for name in curves:
-        mine = points[points["metric"] == name].sort_values(["run", "step"])
-        by_run = {run: {"steps": group["step"].tolist(), "values": group["value"].tolist()}
-                  for run, group in mine.groupby("run")}
+        mine = points[points["metric"] == name].sort_values([*same_run, "step"])
+        by_run = {key if isinstance(key, tuple) else (key,): {"steps": group["step"].tolist(),
+                                                              "values": group["value"].tolist()}
+                  for key, group in mine.groupby(same_run, dropna=False)}
         if not by_run:
             raise ValueError(f"curves: no selected run logged a metric {name!r}")
-        runs[CURVE_PREFIX + name] = [by_run.get(run) for run in runs["run"]]
+        runs[CURVE_PREFIX + name] = [by_run.get(tuple(key)) for key in runs[same_run].itertuples(index=False)]
     return runs
 
 

@@ -11,13 +11,14 @@ one run, and the aggregate over seeds by configuration.
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
 
 from analysis.figures import plt  # matplotlib with the file-only backend
 from analysis.intervals import mean_ci, t_quantile_975
-from analysis.runs import metrics_table, plateaued, runs_table
+from analysis.runs import CURVE_PREFIX, is_runs_table_file, metrics_table, plateaued, runs_table
 from harness.plateau import WINDOW, plateau
 
 EXPERIMENT = "fsm_icl"
@@ -359,11 +360,20 @@ def learning_curves(source, runs: pd.DataFrame | None = None, **filters) -> pd.D
     configuration at its longest budget (``runs``: a ``load`` table already read from
     ``source``): long frame run, start_time, configuration, seed, chance, plateaued (its
     recorded plateau), metric (val.acc, val.repeat_acc), epoch, value. ``source`` may be a runs
-    table exported with these curves (``toylab export --curves val.acc val.repeat_acc``)."""
+    table exported with these curves (``toylab export --curves val.acc,val.repeat_acc``)."""
     table = plan_runs(load(source, **filters) if runs is None else runs)
     if table.empty:
         return pd.DataFrame(columns=["run", "start_time", "configuration", "seed", "chance", "plateaued", "metric",
                                      "epoch", "value"])
+    if is_runs_table_file(source):
+        missing = [name for name in CURVE_METRICS if CURVE_PREFIX + name not in table]
+        if missing:
+            raise ValueError(f"{source} has no curve of {', '.join(missing)}: export it with "
+                             f"--curves {','.join(CURVE_METRICS)}")
+        without = int(table[CURVE_PREFIX + "val.repeat_acc"].map(lambda c: not isinstance(c, dict)).sum())
+        if without:
+            warnings.warn(f"{source}: {without} of the plan's runs have no curves (exported without --curves): "
+                          "left out of the curves")
     points = metrics_table(source, metric=list(CURVE_METRICS), experiment=EXPERIMENT, **filters)
     # a runs table accumulated from several stores repeats run ids: its curves carry the start time too
     same_run = ["run", "start_time"] if "start_time" in points else ["run"]
@@ -390,7 +400,7 @@ def hypotheses_by_budget(source, epochs: list, runs: pd.DataFrame | None = None,
     # a run is its id and start time: ids repeat in a runs table accumulated from several stores
     series = {run: {metric: (group["epoch"].tolist(), group["value"].tolist())
                     for metric, group in points.sort_values("epoch").groupby("metric")}
-              for run, points in curves.groupby(["run", "start_time"])}
+              for run, points in curves.groupby(["run", "start_time"], dropna=False)}
     judged = [run for run in table.drop(columns=probe_columns(table)).to_dict("records")
               if (run["run"], run["start_time"]) in series]
     rows = []
@@ -426,7 +436,7 @@ def budget_figure(curves: pd.DataFrame, steps_per_epoch: int | None = None, titl
         stats = pd.DataFrame([{"epoch": epoch, **dict(zip(("mean", "half", "n"), mean_ci(values)))}
                               for epoch, values in by_epoch])
         x = (stats["epoch"] + 1) * scale
-        finished = (f", {int(group.groupby('run')['plateaued'].first().sum())} plateaued"
+        finished = (f", {int(group.groupby(['run', 'start_time'])['plateaued'].first().sum())} plateaued"
                     if "plateaued" in group else "")
         ax.plot(x, stats["mean"], color=f"C{k % 10}", lw=1.4,
                 label=f"{configuration} (n={int(stats['n'].max())}{finished})")

@@ -129,9 +129,9 @@ def fsm_icl(source):
 
 def fsm_budget(source):
     runs = fsm.load_cpu_plan(source)
-    if not runs.empty and is_runs_table_file(source) and not any(str(c).startswith(CURVE_PREFIX) for c in runs):
+    if not runs.empty and is_runs_table_file(source) and any(CURVE_PREFIX + m not in runs for m in fsm.CURVE_METRICS):
         yield Skip("fsm_budget.png", f"{source} was exported without the curves: toylab export ... "
-                                     f"--curves {' '.join(fsm.CURVE_METRICS)}")
+                                     f"--curves {','.join(fsm.CURVE_METRICS)}")
         return
     curves = fsm.learning_curves(source, runs=runs)
     if curves.empty:
@@ -292,8 +292,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.headline_figures", description=__doc__.split("\n")[0])
     parser.add_argument("--source", default=os.environ.get("TOYLAB_MONGO_URL") or os.environ.get("TOYLAB_RUNS_DIR")
                         or "runs", help="a file-storage directory, a MongoDB URL (default: as the notebooks) or a "
-                                        "runs table export wrote (.csv, .parquet: the phase diagrams and the "
-                                        "critical fraction only)")
+                                        "runs table export wrote (.csv, .parquet: the phase diagrams, the "
+                                        "critical fraction and the FSM figures only)")
     parser.add_argument("--out", default="docs/figures", help="where the PNGs and SOURCES.md go")
     parser.add_argument("--only", action="append", choices=list(FIGURES), help="only these figures (repeatable)")
     args = parser.parse_args(argv)

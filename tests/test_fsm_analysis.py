@@ -231,7 +231,7 @@ def test_the_plan_accumulates_over_sessions_in_one_runs_table_with_its_curves(tm
     toylab = str(Path(sys.executable).parent / "toylab")
     for store in (first, second):
         exported = subprocess.run([toylab, "export", str(store), "--to", str(table), "--append", "--experiment",
-                                   "fsm_icl", "--status", "COMPLETED", "--curves", "val.acc", "val.repeat_acc"],
+                                   "fsm_icl", "--status", "COMPLETED", "--curves", "val.acc,val.repeat_acc"],
                                   cwd=REPO, capture_output=True, text=True, timeout=120)
         assert exported.returncode == 0 and exported.stdout.strip() == f"3 runs added to {table}", exported.stderr
 
@@ -246,6 +246,17 @@ def test_the_plan_accumulates_over_sessions_in_one_runs_table_with_its_curves(tm
     pd.testing.assert_frame_equal(from_table, from_stores.sort_values(same[:5]).reset_index(drop=True),
                                   check_dtype=False)
     assert len(from_table[from_table["metric"] == "val.repeat_acc"]) == 5 * 6  # the curriculum stage is not plan
+
+    again = tmp_path / "again.parquet"  # the accumulated table exported again: its ids repeat, its curves stay apart
+    one_curve = tmp_path / "one-curve.csv"
+    for source, path, curves in ((table, again, "val.acc,val.repeat_acc"), (second, one_curve, "val.acc")):
+        exported = subprocess.run([toylab, "export", str(source), "--to", str(path), "--curves", curves],
+                                  cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert exported.returncode == 0, exported.stderr
+    pd.testing.assert_frame_equal(fsm.learning_curves(str(again))[same].sort_values(same[:5]).reset_index(drop=True),
+                                  from_table, check_dtype=False)
+    with pytest.raises(ValueError, match="has no curve of val.repeat_acc: export it with --curves"):
+        fsm.hypotheses_by_budget(str(one_curve), [2])
 
     gating = "gating beats 4x the parameters: small LSTM (68K) > vanilla RNN (270K)"
     final = fsm.hypotheses(stores).set_index("claim").loc[gating]

@@ -4,7 +4,7 @@
     toylab board start | stop                                          # make board / make board-stop
     toylab sync [DIR ...]                                              # python -m observers sync ...
     toylab runs [SOURCE] [--experiment E] [--status S] [--sweep N] [KEY=VALUE ...] [--columns K1,K2]
-    toylab export [SOURCE] --to runs.csv|runs.parquet [--append] [--metrics [NAME ...]] [--curves NAME ...]
+    toylab export [SOURCE] --to runs.csv|runs.parquet [--append] [--metrics [NAME ...]] [--curves NAME,...]
                   [filters as for runs]
     toylab figures [--source SOURCE] [--out DIR] [--only NAME]             # make figures
     toylab notebooks [--source SOURCE] [NOTEBOOK ...]                        # make notebooks
@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
                                  help="add the runs to the runs table in FILE (each run once) instead of replacing it")
             command.add_argument("--metrics", nargs="*", metavar="NAME",
                                  help="export the metrics (all, or these) instead of the runs table")
-            command.add_argument("--curves", nargs="+", metavar="NAME",
+            command.add_argument("--curves", type=curve_names, metavar="NAME,NAME,...",
                                  help="add these metrics' curves to the runs table (a column curve:NAME each), "
                                       "so analyses of curves work from the file")
     return parser
@@ -134,6 +134,14 @@ def runs_command(args) -> int:
         print("  ".join(str(v).ljust(widths[c]) for c, v in zip(shown.columns, row)).rstrip())
     print(f"{len(table)} runs in {_where(source)}")
     return 0
+
+
+def curve_names(text: str) -> list:
+    """--curves val.acc,val.repeat_acc: one argument, so nothing after it is taken for a name."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names) or any("=" in name for name in names):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: give metric names separated by commas")
+    return names
 
 
 def export_command(args) -> int:
