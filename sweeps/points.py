@@ -35,7 +35,19 @@ class Point:
 
 
 def _canonical(value) -> str:
-    return json.dumps(value, sort_keys=True, default=str)  # a tuple and the list it is recorded as agree
+    # a tuple and the list it is recorded as agree; so do 10 and the 10.0 a runs table gives back
+    # (a CSV column holds one type: an integer key read beside missing values comes back float)
+    return json.dumps(_integral(value), sort_keys=True, default=str)
+
+
+def _integral(value):
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return [_integral(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _integral(item) for key, item in value.items()}
+    return value
 
 
 def point_key(experiment: str, named_configs, updates: dict) -> str:

@@ -179,9 +179,16 @@ def test_results_from_two_stores_accumulate_in_one_export_that_analysis_reads_ba
 
 def test_a_sweep_counts_the_points_done_in_a_committed_runs_table(recorded, tmp_path):
     """--done-in: a fresh store (the next session's machine) runs only the points the
-    committed runs table does not have COMPLETED; a missing table is refused in one line."""
+    committed runs table does not have COMPLETED, whatever number type the table gives back;
+    a missing table is refused in one line."""
     results = tmp_path / "results.csv"
     assert toylab("export", str(recorded), "--to", str(results), "--sweep", "cli").returncode == 0
+    # as an export beside another experiment's runs writes it (their rows lack these keys): the
+    # integer config values come back as 60.0, 10.0, ..., which are the same values
+    table = pd.read_csv(results)
+    integers = [c for c in table.columns if c != "run" and pd.api.types.is_integer_dtype(table[c])]
+    table.astype({c: float for c in integers}).to_csv(results, index=False)
+    assert "train_steps" in integers and ",60.0," in results.read_text()
     fresh = tmp_path / "fresh-store"
     command = ["sweep", "experiments/grokking.py", "--name", "cli", "--grid", "decoder_lr=1e-3,1e-2,1e-4", "--workers",
                "1", "--done-in", str(results), "with", "paper", "train_steps=60", "log_every=10"]
