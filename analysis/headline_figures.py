@@ -77,14 +77,29 @@ def grokking(source):
             continue
         x, _, y, _ = paper.published_axes(diagram)
         budget = int(runs["train_steps"].max())
-        try:
-            fig = paper.comparison_figure(phase_table(runs, x, y), diagram, x, y, budget=budget,
-                                          title=f"sweep {sweep}: {len(runs)} runs, budget {budget} steps")
-        except ValueError as error:  # e.g. none of its cells is a published cell
-            yield Skip(f"{sweep}.png", f"sweep {sweep}: {error}")
-            continue
-        yield Figure(f"{sweep}.png", f"phase diagram ({diagram}): the paper's, ours, where they differ",
-                     "grokking", f"sweep `{sweep}`", runs["run"].tolist(), fig)
+        for name, selected, selection in _phase_selections(sweep, runs, x, y):
+            try:
+                fig = paper.comparison_figure(phase_table(selected, x, y), diagram, x, y, budget=budget,
+                                              title=f"{selection.replace('`', '')}: {len(selected)} runs, budget {budget} steps")
+            except ValueError as error:  # e.g. none of its cells is a published cell
+                yield Skip(f"{name}.png", f"sweep {sweep}: {error}")
+                continue
+            yield Figure(f"{name}.png", f"phase diagram ({diagram}): the paper's, ours, where they differ",
+                         "grokking", selection, selected["run"].tolist(), fig)
+
+
+def _phase_selections(sweep, runs, x, y):
+    """(figure name, runs, how they were chosen): the paper's split as it is; over seeds one
+    figure per seed rule, named after the rule's sweep, from the rule's seeds the runs complete
+    (a table holding seeds 0-4 and 7 is seeds 0-4 under 0..9 and 1-4, 7 under reachable)."""
+    if sweep.endswith("paper_split"):
+        yield sweep, runs, f"sweep `{sweep}`"
+        return
+    for rule, suffix in (("0..9", ""), ("reachable", "_reachable")):
+        seeds = paper.rule_seeds_done(runs, rule, x, y)
+        if seeds:
+            yield (f"{sweep}{suffix}", runs[runs["seed"].isin(seeds)],
+                   f"sweep `{sweep}`, seed rule {rule}: seeds {', '.join(map(str, seeds))}")
 
 
 def critical_fraction(source):

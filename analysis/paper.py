@@ -37,7 +37,9 @@ Comparison numbers (``compare``), over the published cells that our runs span:
 
 Seeds: a rule fixed before any result (experiments/grokking.py, SEEDS): seeds 0..9. The
 alternative rule, the first ten seeds whose split leaves every test sum reachable (a
-property of the split alone, known before training), is ``reachable_seeds``.
+property of the split alone, known before training), is ``reachable_seeds``. ``SEED_RULES``
+holds both; ``rule_seeds_done`` gives the prefix of a rule's seeds that a table completes
+(``runs[runs.seed.isin(rule_seeds_done(runs, "reachable", x, y))]``: that rule's comparison).
 """
 from __future__ import annotations
 
@@ -158,6 +160,26 @@ def reachable_seeds(n: int = 10, p: int = 10, train_fraction: float = 45 / 55, s
             if len(seeds) == n:
                 return seeds
     raise ValueError(f"fewer than {n} such seeds in {start}..{start + limit - 1}")
+
+
+# the two seed rules, their ten seeds in order (experiments/grokking.py SEEDS, REACHABLE_SEEDS)
+SEED_RULES = {"0..9": list(range(10)), "reachable": reachable_seeds(10)}
+
+
+def rule_seeds_done(runs: pd.DataFrame, rule: str, x: str, y: str) -> list[int]:
+    """The seeds of a seed ``rule`` that a comparison can use now: the rule's seeds in its
+    order, up to the first one without a run in every (x, y) cell the runs cover. A rule's
+    first five seeds are its first five, never five of its ten picked by which finished."""
+    if rule not in SEED_RULES:
+        raise ValueError(f"unknown seed rule {rule!r}: use one of {', '.join(SEED_RULES)}")
+    cells = set(zip(runs[x], runs[y]))
+    done = []
+    for seed in SEED_RULES[rule]:
+        mine = runs[runs["seed"] == seed]
+        if not cells or set(zip(mine[x], mine[y])) != cells:
+            break
+        done.append(seed)
+    return done
 
 
 # ------------------------------------------------------------------ over the seeds

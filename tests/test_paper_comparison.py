@@ -225,6 +225,22 @@ def test_the_seed_rules_are_fixed_from_the_splits_alone():
     assert 0 not in REACHABLE_SEEDS  # seed 0's split caps test accuracy at 0.8
 
 
+def test_a_seed_rule_uses_its_seeds_in_order_up_to_the_first_incomplete_one():
+    """A table with seeds 0-4 and 7 complete, 5 with a cell missing, 8 complete: under 0..9
+    that is seeds 0-4 (5 stops it: 7 is never taken out of order), under the reachable rule
+    (1, 2, 3, 4, 7, 8, ...) 1-4, 7 and 8; a seed with no runs stops a rule as well."""
+    cells = [(lr, wd) for lr in (1e-4, 1e-3) for wd in (0, 1)]
+    rows = [{X: lr, Y: wd, "seed": seed} for seed in (0, 1, 2, 3, 4, 5, 7, 8) for lr, wd in cells
+            if not (seed == 5 and (lr, wd) == cells[-1])]
+    runs = pd.DataFrame(rows)
+    assert paper.rule_seeds_done(runs, "0..9", X, Y) == [0, 1, 2, 3, 4]
+    assert paper.rule_seeds_done(runs, "reachable", X, Y) == [1, 2, 3, 4, 7, 8]
+    assert paper.rule_seeds_done(runs[runs.seed != 1], "reachable", X, Y) == []
+    assert paper.rule_seeds_done(runs[runs.seed != 0], "0..9", X, Y) == []
+    with pytest.raises(ValueError, match="unknown seed rule 'first ten': use one of 0..9, reachable"):
+        paper.rule_seeds_done(runs, "first ten", X, Y)
+
+
 def test_spearman_is_pearson_of_ranks():
     a = pd.Series([10.0, 20.0, 30.0, 40.0])
     assert paper._spearman(a, pd.Series([1.0, 3.0, 2.0, 4.0])) == pytest.approx(0.8)

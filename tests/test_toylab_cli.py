@@ -171,8 +171,11 @@ def test_results_from_two_stores_accumulate_in_one_export_that_analysis_reads_ba
     drawn = toylab("figures", "--source", str(results), "--out", str(out))
     assert drawn.returncode == 0, drawn.stderr
     assert (out / "phase_mse_seeds.png").stat().st_size > 10_000
-    row = next(line for line in (out / "SOURCES.md").read_text().splitlines() if "phase_mse_seeds.png" in line)
-    assert f"`{results}`" in row and "| 4 |" in row
+    sources = (out / "SOURCES.md").read_text().splitlines()
+    row = next(line for line in sources if "[phase_mse_seeds.png]" in line)  # seed rule 0..9: seeds 0, 1
+    assert f"`{results}`" in row and "seeds 0, 1 | 4 |" in row
+    row = next(line for line in sources if "[phase_mse_seeds_reachable.png]" in line)  # reachable: 1 (2 not run)
+    assert f"`{results}`" in row and "seed rule reachable: seeds 1 | 2 |" in row
     refused = toylab("figures", "--source", str(results), "--only", "two_stage")  # not drawn from a runs table
     assert refused.returncode == 2 and "is a runs table" in refused.stderr
 
