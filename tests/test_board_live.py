@@ -307,20 +307,25 @@ def test_the_watcher_process_follows_a_server_restart_quietly_and_logs_no_passwo
 
 # ------------------------------------------------------------------ the board end to end
 def watcher_processes(env: dict) -> list[int]:
-    """Every watcher process of this board (its TOYLAB_BOARD_STATE in their environment)."""
+    """Every watcher process of this board (its TOYLAB_BOARD_STATE in their environment). A
+    child of a watcher is not a second watcher: the watcher runs ``file -b <python>`` once
+    (``platform.architecture()``, for the database driver's handshake), and between fork and
+    exec that child shows the watcher's command line, a window seen under load (a fresh-clone
+    run beside a sweep, 2026-12-07: [24047, 24057])."""
     mine = f"TOYLAB_BOARD_STATE={env['TOYLAB_BOARD_STATE']}".encode()
-    found = []
+    found = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes()
             environ = (proc / "environ").read_bytes().split(b"\0")
+            status = (proc / "status").read_text()
         except OSError:
             continue
         if WATCHER_MARKER.encode() in cmdline and mine in environ:
-            found.append(int(proc.name))
-    return found
+            found[int(proc.name)] = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+    return sorted(pid for pid, parent in found.items() if parent not in found)
 
 
 def localboard(args: list, env: dict) -> subprocess.CompletedProcess:
