@@ -229,11 +229,12 @@ def test_the_plan_accumulates_over_sessions_in_one_runs_table_with_its_curves(tm
 
     table = tmp_path / "fsm_plan_cpu.csv"
     toylab = str(Path(sys.executable).parent / "toylab")
-    for store in (first, second):
+    for store, before in ((first, 0), (second, 3)):
         exported = subprocess.run([toylab, "export", str(store), "--to", str(table), "--append", "--experiment",
                                    "fsm_icl", "--status", "COMPLETED", "--curves", "val.acc,val.repeat_acc"],
                                   cwd=REPO, capture_output=True, text=True, timeout=120)
-        assert exported.returncode == 0 and exported.stdout.strip() == f"3 runs added to {table}", exported.stderr
+        assert exported.returncode == 0 and exported.stdout.strip() == (
+            f"3 runs added to {table} (0 of the 3 selected were in it already; {before + 3} runs in it)"), exported.stderr
 
     runs = fsm.load(str(table))
     assert sorted(runs["run"]) == [1, 1, 2, 2, 3, 3]

@@ -150,11 +150,13 @@ def test_results_from_two_stores_accumulate_in_one_export_that_analysis_reads_ba
     assert swept.returncode == 0, swept.stdout + swept.stderr
     results = tmp_path / "results" / "runs.csv"
     results.parent.mkdir()
-    for store, added in ((recorded, 3), (recorded, 3), (other, 7)):  # the same store twice: each run kept once
+    # the same store twice: each run kept once, and the second export says it added none
+    for store, added, kept, total in ((recorded, 3, 0, 3), (recorded, 0, 3, 3), (other, 4, 0, 7)):
         result = toylab("export", str(store), "--to", str(results), "--append", "--status", "COMPLETED")
         assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == f"{3 if store == recorded else 4} runs added to {results}"
-        assert len(pd.read_csv(results)) == added
+        assert result.stdout.strip() == (f"{added} runs added to {results} ({kept} of the {added + kept} selected "
+                                         f"were in it already; {total} runs in it)")
+        assert len(pd.read_csv(results)) == total
     table = analysis.runs_table(str(results))
     assert sorted(table["run"]) == [1, 1, 2, 2, 3, 3, 4]  # two stores' ids, told apart by their start times
     stored = pd.concat([analysis.runs_table(str(recorded)), analysis.runs_table(str(other))])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional
 
 RESULT_COLUMNS = ("phase", "t_train", "t_test", "t_rqi", "final_train_acc", "final_test_acc", "final_val_acc",
@@ -149,15 +150,32 @@ def export_command(args) -> int:
 
     source, table = _load(args)  # the same selection as `toylab runs`, checked before writing
     what = "metrics" if args.metrics is not None else "runs"
+    before = _rows_in(args.to) if args.append else 0
     try:
         path = analysis.export(source, args.to, what=what, experiment=args.experiment, status=args.status,
                                sweep=args.sweep, metric=args.metrics or None, append=args.append,
                                curves=args.curves, **_filters(args.filters))
     except ValueError as error:
         raise SystemExit(f"toylab export: {error}") from None
-    done = "added to" if args.append else "written to"
-    print(f"{len(table)} runs {done} {path}" if what == "runs" else f"the metrics of {len(table)} runs {done} {path}")
+    if what == "metrics":
+        print(f"the metrics of {len(table)} runs written to {path}")
+    elif args.append:  # the runs the file did not hold yet: a run exported before is kept once
+        after = _rows_in(path)
+        print(f"{after - before} runs added to {path} ({len(table) - (after - before)} of the {len(table)} "
+              f"selected were in it already; {after} runs in it)")
+    else:
+        print(f"{len(table)} runs written to {path}")
     return 0
+
+
+def _rows_in(path) -> int:
+    """Rows of a runs table file (0 when there is none yet)."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        return 0
+    return len(pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path))
 
 
 def _where(source: str) -> str:
