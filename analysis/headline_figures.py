@@ -276,6 +276,8 @@ HEADER = """# Sources of the figures
 Drawn by `make figures` (`python -m analysis.headline_figures`) from stored runs, by the analysis
 functions the notebooks use; nothing is drawn by hand. One row per figure: the runs it came from
 (experiment, how they were selected, their ids and count), the source and when it was drawn.
+Run ids are a store's: a runs table in `docs/results` holds several sessions' stores, whose
+ids repeat (a run there is its id and start time), so its ids list each id once.
 
 | figure | shows | experiment | runs | count | run ids | source | generated |
 |---|---|---|---|---|---|---|---|
