@@ -78,9 +78,9 @@ def grokking(source):
         x, _, y, _ = paper.published_axes(diagram)
         budget = int(runs["train_steps"].max())
         for name, selected, selection in _phase_selections(sweep, runs, x, y):
+            title = f"{selection.replace('`', '')}: {len(selected)} runs, budget {budget} steps"
             try:
-                fig = paper.comparison_figure(phase_table(selected, x, y), diagram, x, y, budget=budget,
-                                              title=f"{selection.replace('`', '')}: {len(selected)} runs, budget {budget} steps")
+                fig = paper.comparison_figure(phase_table(selected, x, y), diagram, x, y, budget=budget, title=title)
             except ValueError as error:  # e.g. none of its cells is a published cell
                 yield Skip(f"{name}.png", f"sweep {sweep}: {error}")
                 continue

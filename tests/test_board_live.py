@@ -324,7 +324,8 @@ def watcher_processes(env: dict) -> list[int]:
         except OSError:
             continue
         if WATCHER_MARKER.encode() in cmdline and mine in environ:
-            found[int(proc.name)] = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+            parent = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
+            found[int(proc.name)] = int(parent)
     return sorted(pid for pid, parent in found.items() if parent not in found)
 
 
