@@ -342,7 +342,19 @@ CPU_EPOCHS = {
     # 0.80 at epoch 72), so 640; at 640: seed 2 0.987, gaining 0.012 (seeds 0, 1 plateaued)
     "small_lstm_5s5a": 1280,
     "small_vanilla_5s5a": 160,  # at 80: seed 2 0.433, gaining 0.011 (seeds 0, 1 plateaued)
-    "deep_rnn_5s5a": 160,  # at 80: seed 0 0.464, gaining 0.024
+    # at 80: seed 0 0.464, gaining 0.024, so 160; at 160: seeds 1, 2 0.52, gaining 0.026 and 0.027
+    # (seed 0 plateaued at 0.523)
+    "deep_rnn_5s5a": 320,
+    # at 80: 0.70-0.72 in 0 of 3, gaining 0.070-0.084 and rising 0.03-0.04 per 10 epochs, ~0.3 below
+    # the large LSTM's 1.0 on 5s5a: a doubling would end still rising, so 4x
+    "lstm_5s8a": 320,
+    # at 80: 0.51-0.54 in 0 of 3, gaining 0.023-0.040, below the small LSTM on 5s5a at 80 (0.66),
+    # which needed 1280
+    "small_lstm_5s8a": 2560,
+    # at 80: 0.46-0.52 in 0 of 3 (chance 0.125), gaining 0.075-0.101 and rising 0.035-0.055 per 10
+    # epochs with ~0.5 to go (lstm_5s8a: ~0.3), and the full plan gives 8s8a ~3x the epochs of 5s5a
+    # (100 against 32), whose LSTM needed 160 here: so 8x
+    "lstm_8s8a": 640,
 }
 SWEEPS = {
     # Priority 1 and 2 at the full size (a GPU job): every model on 5s5a, LSTMs on the harder
