@@ -170,6 +170,26 @@ def test_flagship_run_generalises_and_says_its_split_allows_it(tmp_path):
     assert "every test sum appears in training" in result.stdout
 
 
+def test_a_split_that_caps_test_accuracy_decides_memorization_at_t_train(tmp_path):
+    """Seed 0's split leaves 2 of its 10 test sums out of training (test accuracy at most
+    0.8): with stop_when_decided the run stops at the chunk after t_train, with the phase and
+    t_train of the same run at its full budget, and says why it stopped."""
+    results = {}
+    for decided in ("True", "False"):
+        runs = tmp_path / decided
+        result = run_script(["experiments/grokking.py", "with", "paper", "seed=0", "decoder_lr=0.001",
+                             "train_steps=3000", f"stop_when_decided={decided}"], env={"TOYLAB_RUNS_DIR": str(runs)})
+        assert result.returncode == 0, result.stderr
+        [run_dir] = run_dirs(runs)
+        results[decided] = json.loads((run_dir / "run.json").read_text())["result"]
+    stopped, full = results["True"], results["False"]
+    assert full["reachable_test_acc"] == 0.8 and full["phase"] == "memorization" and full["steps"] == 3000
+    assert not full["stopped_early"] and full["stop_reason"] is None
+    assert stopped["phase"] == "memorization" and stopped["t_train"] == full["t_train"] is not None
+    assert stopped["stopped_early"] and stopped["steps"] == 500 * -(-(full["t_train"] + 1) // 500) < 3000
+    assert "caps test accuracy at 0.80 < 0.9: memorization is decided" in stopped["stop_reason"]
+
+
 def test_the_package_accepts_a_range_of_torch_builds_and_the_test_setup_pins_one():
     import configparser
 
