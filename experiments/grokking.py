@@ -231,6 +231,7 @@ def phase_decider(tasks, acc_threshold):
 
 
 def stop_reason(outcome, split, acc_threshold):
+    """Why phase_decider stopped the run (recorded with the result), or None if it ran to the budget."""
     if not outcome.stopped_early:
         return None
     if outcome.t_test is not None:
