@@ -7,8 +7,10 @@ committed copy shows its tables and figures on a code host without anyone runnin
 Each notebook reads its runs from ``TOYLAB_RUNS_DIR`` (or ``TOYLAB_MONGO_URL``) and names
 the sweeps it draws in its first cells; the rendered copy records in its metadata
 (``toylab.rendered``) where its runs came from, how many run directories that source held,
-and when. The tests execute every notebook on a quick sweep in memory and never write the
-committed copies; a test checks that every committed notebook carries its outputs.
+when, and the TOYLAB_* settings it was rendered with (``settings``: e.g. a sweep or a committed
+runs table other than the notebook's default). The tests execute every notebook on a quick
+sweep in memory and never write the committed copies; a test checks that every committed
+notebook carries its outputs.
 """
 from __future__ import annotations
 
@@ -42,6 +44,16 @@ def _describe(source: str) -> dict:
             "run_directories": sum(1 for d in runs.iterdir() if d.is_dir() and d.name.isdigit())}
 
 
+def _settings() -> dict:
+    """The TOYLAB_* variables a notebook may read besides its source (which sweep, which runs
+    table, which seed rule), so the rendered copy says what it was rendered with; never one
+    that may hold a credential (a URL, a user or a password)."""
+    secret = ("URL", "USER", "PASSWORD", "SECRET", "TOKEN")
+    return {name: value for name, value in sorted(os.environ.items())
+            if name.startswith("TOYLAB_") and name != "TOYLAB_RUNS_DIR"
+            and not any(word in name for word in secret) and "://" not in value}
+
+
 def render(path: Path, source: str) -> dict:
     """Execute ``path`` in place with its runs read from ``source``; returns what it recorded."""
     import nbformat
@@ -60,6 +72,8 @@ def render(path: Path, source: str) -> dict:
         else:
             os.environ[variable] = previous
     rendered = {**_describe(source), "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if settings := _settings():
+        rendered["settings"] = settings
     notebook.metadata.setdefault("toylab", {})["rendered"] = rendered
     nbformat.write(notebook, path)
     return rendered

@@ -40,3 +40,16 @@ def test_render_names_a_missing_source_and_an_unknown_notebook(tmp_path):
     unknown = subprocess.run(run + ["--source", str(tmp_path), "nonesuch"], cwd=REPO, capture_output=True, text=True)
     assert unknown.returncode != 0 and "'nonesuch' is not one of" in unknown.stderr
     assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == [p.name for p in notebook_paths()]
+
+
+def test_a_render_records_its_settings_but_never_a_credential(monkeypatch):
+    from analysis.notebooks import _settings
+
+    monkeypatch.setenv("TOYLAB_PHASE_SWEEP", "phase_mse_seeds")
+    monkeypatch.setenv("TOYLAB_SEED_RULE", "0..9")
+    monkeypatch.setenv("TOYLAB_TEST_MONGO_URL", "mongodb://toylab:hunter2@127.0.0.1:27017")
+    monkeypatch.setenv("TOYLAB_MONGO_PASSWORD", "hunter2")
+    monkeypatch.setenv("TOYLAB_ELSEWHERE", "mongodb://toylab:hunter2@127.0.0.1:27018")
+    settings = _settings()
+    assert settings["TOYLAB_PHASE_SWEEP"] == "phase_mse_seeds" and settings["TOYLAB_SEED_RULE"] == "0..9"
+    assert "hunter2" not in repr(settings)

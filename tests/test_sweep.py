@@ -301,12 +301,17 @@ def test_quick_diagram_reproduces_the_landmarks(quick_sweeps):
     assert not runs[runs["phase"] == "memorization"]["stopped_early"].any()  # undecided: ran to the budget
 
 
-def test_notebook_executes_on_a_quick_sweep(quick_sweeps, monkeypatch):
+def test_notebook_executes_on_a_quick_sweep(quick_sweeps, monkeypatch, tmp_path):
     import nbformat
     from nbclient import NotebookClient
 
+    from analysis.export import export
+
     monkeypatch.setenv("TOYLAB_RUNS_DIR", str(quick_sweeps))
     monkeypatch.setenv("TOYLAB_PHASE_SWEEP", "landmarks")
+    # the phase sweep from a committed-style runs table (docs/results), the fraction scan from the store
+    table = export(str(quick_sweeps), tmp_path / "landmarks.csv", status="COMPLETED", sweep="landmarks")
+    monkeypatch.setenv("TOYLAB_PHASE_SOURCE", str(table))
     monkeypatch.setenv("TOYLAB_FRACTION_SWEEP", "scan")
     monkeypatch.setenv("TOYLAB_DOF_SAMPLES", "50")
     notebook = nbformat.read(REPO / "notebooks" / "grokking.ipynb", as_version=4)
@@ -315,6 +320,12 @@ def test_notebook_executes_on_a_quick_sweep(quick_sweeps, monkeypatch):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # diagram, critical fraction, curves
+    # the per-cell table over seeds: every phase's share and both medians, one row per cell of the sweep
+    per_cell = next(o["data"]["text/html"] for cell in notebook.cells if "seed_cells" in cell.source
+                    for o in cell.outputs if "text/html" in o.get("data", {}))
+    for column in ("share_comprehension", "share_memorization", "t_train_median", "t_test_median"):
+        assert column in per_cell
+    assert per_cell.split("<tbody>")[1].count("<tr") == 4
 
 
 # ------------------------------------------------------------------ command line and SLURM
