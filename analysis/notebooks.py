@@ -3,10 +3,14 @@ committed copy shows its tables and figures on a code host without anyone runnin
 
     make notebooks                                   # every notebook, on $TOYLAB_RUNS_DIR (or ./runs)
     python -m analysis.notebooks --source /work/store/runs grokking two_stage
+    python -m analysis.notebooks --source docs/results/fsm_plan_cpu.csv fsm_icl   # a committed runs table
 
 Each notebook reads its runs from ``TOYLAB_RUNS_DIR`` (or ``TOYLAB_MONGO_URL``) and names
-the sweeps it draws in its first cells; the rendered copy records in its metadata
-(``toylab.rendered``) where its runs came from, how many run directories that source held,
+the sweeps it draws in its first cells. A runs table (``toylab export``'s CSV or Parquet, as
+the committed ones in docs/results) is a source too, for a notebook that reads
+``TOYLAB_RUNS_TABLE``: the render sets that instead, so a table outlives the store it came
+from and the committed copy can be redrawn from the repository. The rendered copy records in its metadata
+(``toylab.rendered``) where its runs came from, how many run directories (or table rows) it held,
 when, and the TOYLAB_* settings it was rendered with (``settings``: e.g. a sweep or a committed
 runs table other than the notebook's default). The tests execute every notebook on a quick
 sweep in memory and never write the committed copies; a test checks that every committed
@@ -19,6 +23,8 @@ import datetime
 import os
 import sys
 from pathlib import Path
+
+from analysis.runs import is_runs_table_file, runs_table
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 TIMEOUT = 1800  # s per cell: the list-operations walkthrough trains a model in the notebook
@@ -36,10 +42,25 @@ def notebook_paths(names=()) -> list[Path]:
     return [by_name[Path(name).stem] for name in names]
 
 
+RUNS_TABLE = "TOYLAB_RUNS_TABLE"
+SOURCES = (RUNS_TABLE, "TOYLAB_MONGO_URL", "TOYLAB_RUNS_DIR")  # where a notebook reads its runs from
+
+
+def _variable(source: str) -> str:
+    """The environment variable a notebook reads ``source`` from."""
+    if source.startswith("mongodb"):
+        return "TOYLAB_MONGO_URL"
+    return RUNS_TABLE if is_runs_table_file(source) else "TOYLAB_RUNS_DIR"
+
+
 def _describe(source: str) -> dict:
     if source.startswith("mongodb"):
         return {"source": "MongoDB (TOYLAB_MONGO_URL)"}  # never the URL: it may hold a password
     runs = Path(source)
+    if is_runs_table_file(source):
+        path = runs.resolve()  # a committed table by its place in the repository, not this machine's
+        shown = path.relative_to(NOTEBOOKS.parent) if path.is_relative_to(NOTEBOOKS.parent) else path
+        return {"source": str(shown), "runs_in_table": len(runs_table(source))}
     return {"source": str(runs.resolve()),
             "run_directories": sum(1 for d in runs.iterdir() if d.is_dir() and d.name.isdigit())}
 
@@ -50,7 +71,7 @@ def _settings() -> dict:
     that may hold a credential (a URL, a user or a password)."""
     secret = ("URL", "USER", "PASSWORD", "SECRET", "TOKEN")
     return {name: value for name, value in sorted(os.environ.items())
-            if name.startswith("TOYLAB_") and name != "TOYLAB_RUNS_DIR"
+            if name.startswith("TOYLAB_") and name not in SOURCES  # the source is recorded as such
             and not any(word in name for word in secret) and "://" not in value}
 
 
@@ -60,17 +81,17 @@ def render(path: Path, source: str) -> dict:
     from nbclient import NotebookClient
 
     notebook = nbformat.read(path, as_version=4)
-    variable = "TOYLAB_MONGO_URL" if source.startswith("mongodb") else "TOYLAB_RUNS_DIR"
-    previous = os.environ.get(variable)
+    # the source alone: a notebook prefers a table, then MongoDB, then a directory, so another
+    # source variable left in the environment would be read instead of ``source``
+    previous = {name: os.environ.pop(name) for name in SOURCES if name in os.environ}
+    variable = _variable(source)
     os.environ[variable] = source if variable == "TOYLAB_MONGO_URL" else str(Path(source).resolve())
     try:
         NotebookClient(notebook, timeout=TIMEOUT, kernel_name="python3",
                        resources={"metadata": {"path": str(path.parent.parent)}}).execute()
     finally:
-        if previous is None:
-            os.environ.pop(variable)
-        else:
-            os.environ[variable] = previous
+        os.environ.pop(variable)
+        os.environ.update(previous)
     rendered = {**_describe(source), "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     if settings := _settings():
         rendered["settings"] = settings
@@ -83,13 +104,23 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.notebooks", description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="notebooks to render (default: all of notebooks/)")
     parser.add_argument("--source", default=os.environ.get("TOYLAB_MONGO_URL") or os.environ.get("TOYLAB_RUNS_DIR")
-                        or "runs", help="runs directory or MongoDB URL (default: $TOYLAB_MONGO_URL, "
-                                        "$TOYLAB_RUNS_DIR, ./runs)")
+                        or "runs", help="runs directory, MongoDB URL or runs table (.csv, .parquet: `toylab export`) "
+                                        "(default: $TOYLAB_MONGO_URL, $TOYLAB_RUNS_DIR, ./runs)")
     args = parser.parse_args(argv)
-    if not args.source.startswith("mongodb") and not Path(args.source).is_dir():
+    table = is_runs_table_file(args.source)
+    if table and not Path(args.source).is_file():
+        print(f"--source {args.source}: no such runs table", file=sys.stderr)
+        return 2
+    if not table and not args.source.startswith("mongodb") and not Path(args.source).is_dir():
         print(f"--source {args.source}: no such runs directory", file=sys.stderr)
         return 2
-    for path in notebook_paths(args.names):
+    paths = notebook_paths(args.names)
+    if table and (blind := [path.stem for path in paths if RUNS_TABLE not in path.read_text()]):
+        # rendered anyway, it would read ./runs and record the table as its source
+        print(f"--source {args.source}: a runs table, and {', '.join(blind)} reads none ({RUNS_TABLE}); "
+              f"give it a runs directory or a MongoDB URL", file=sys.stderr)
+        return 2
+    for path in paths:
         started = datetime.datetime.now()
         rendered = render(path, args.source)
         seconds = (datetime.datetime.now() - started).total_seconds()

@@ -268,6 +268,22 @@ def test_the_plan_accumulates_over_sessions_in_one_runs_table_with_its_curves(tm
     assert by_budget.loc[(6, gating), "difference"] == pytest.approx(final["difference"])
     assert by_budget.loc[(2, gating), "verdict"].startswith("not converged: small_lstm 5s5a 0 of 2 runs")
 
+    # the notebook reads the table as `python -m analysis.notebooks --source TABLE fsm_icl` renders it:
+    # TOYLAB_RUNS_TABLE, before any store in the environment
+    import nbformat
+    from nbclient import NotebookClient
+
+    from analysis.notebooks import _describe
+
+    monkeypatch.setenv("TOYLAB_RUNS_TABLE", str(table))
+    notebook = nbformat.read(REPO / "notebooks" / "fsm_icl.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=120, resources={"metadata": {"path": str(REPO)}}).execute()
+    text = "\n".join(str(output.get("text", "")) + str(output.get("data", {}).get("text/plain", ""))
+                     for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs)
+    assert f"6 completed training runs of fsm_icl in {table}" in text  # not the 3 of the store in TOYLAB_RUNS_DIR
+    assert "small_lstm 5s5a after easy" in text
+    assert _describe(str(table)) == {"source": str(table), "runs_in_table": 6}
+
     out = tmp_path / "figures"
     drawn = subprocess.run([toylab, "figures", "--source", str(table), "--out", str(out), "--only", "fsm_budget"],
                            cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -39,6 +39,9 @@ def test_render_names_a_missing_source_and_an_unknown_notebook(tmp_path):
     assert missing.returncode == 2 and "no such runs directory" in missing.stderr
     unknown = subprocess.run(run + ["--source", str(tmp_path), "nonesuch"], cwd=REPO, capture_output=True, text=True)
     assert unknown.returncode != 0 and "'nonesuch' is not one of" in unknown.stderr
+    no_table = subprocess.run(run + ["--source", str(tmp_path / "nothing.csv"), "fsm_icl"], cwd=REPO,
+                              capture_output=True, text=True)
+    assert no_table.returncode == 2 and "nothing.csv: no such runs table" in no_table.stderr
     assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == [p.name for p in notebook_paths()]
 
 
@@ -53,3 +56,17 @@ def test_a_render_records_its_settings_but_never_a_credential(monkeypatch):
     settings = _settings()
     assert settings["TOYLAB_PHASE_SWEEP"] == "phase_mse_seeds" and settings["TOYLAB_SEED_RULE"] == "0..9"
     assert "hunter2" not in repr(settings)
+
+
+def test_a_runs_table_renders_only_a_notebook_that_reads_one(tmp_path):
+    """A notebook that does not read TOYLAB_RUNS_TABLE would draw ./runs and record the table as
+    its source: refused in one line, before anything is executed or written."""
+    table = tmp_path / "runs.csv"
+    table.write_text("run,experiment,status\n1,grokking,COMPLETED\n")
+    committed = (NOTEBOOKS / "grokking.ipynb").read_bytes()
+    refused = subprocess.run([sys.executable, "-m", "analysis.notebooks", "--source", str(table), "fsm_icl", "grokking"],
+                             cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip() == (f"--source {table}: a runs table, and grokking reads none (TOYLAB_RUNS_TABLE); "
+                                      "give it a runs directory or a MongoDB URL")
+    assert (NOTEBOOKS / "grokking.ipynb").read_bytes() == committed
