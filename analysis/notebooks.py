@@ -53,15 +53,20 @@ def _variable(source: str) -> str:
     return RUNS_TABLE if is_runs_table_file(source) else "TOYLAB_RUNS_DIR"
 
 
+def _located(source: str) -> str:
+    """A runs directory or table as the notebook (run from the repository's top) finds it: by its
+    place in the repository when it is in it, so a committed copy names no one's machine."""
+    path = Path(source).resolve()
+    return str(path.relative_to(NOTEBOOKS.parent) if path.is_relative_to(NOTEBOOKS.parent) else path)
+
+
 def _describe(source: str) -> dict:
     if source.startswith("mongodb"):
         return {"source": "MongoDB (TOYLAB_MONGO_URL)"}  # never the URL: it may hold a password
     runs = Path(source)
     if is_runs_table_file(source):
-        path = runs.resolve()  # a committed table by its place in the repository, not this machine's
-        shown = path.relative_to(NOTEBOOKS.parent) if path.is_relative_to(NOTEBOOKS.parent) else path
-        return {"source": str(shown), "runs_in_table": len(runs_table(source))}
-    return {"source": str(runs.resolve()),
+        return {"source": _located(source), "runs_in_table": len(runs_table(source))}
+    return {"source": _located(source),
             "run_directories": sum(1 for d in runs.iterdir() if d.is_dir() and d.name.isdigit())}
 
 
@@ -85,7 +90,7 @@ def render(path: Path, source: str) -> dict:
     # source variable left in the environment would be read instead of ``source``
     previous = {name: os.environ.pop(name) for name in SOURCES if name in os.environ}
     variable = _variable(source)
-    os.environ[variable] = source if variable == "TOYLAB_MONGO_URL" else str(Path(source).resolve())
+    os.environ[variable] = source if variable == "TOYLAB_MONGO_URL" else _located(source)
     try:
         NotebookClient(notebook, timeout=TIMEOUT, kernel_name="python3",
                        resources={"metadata": {"path": str(path.parent.parent)}}).execute()
