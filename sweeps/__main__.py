@@ -32,13 +32,20 @@ def positive_int(text: str) -> int:
 
 def seeds_arg(text: str):
     """--seeds N (seeds 0..N-1) or --seeds S1,S2,... (those seeds: the rest of a seed rule
-    that an earlier session or machine has already run)."""
+    that an earlier session or machine has already run); one seed S alone is ``S,``, since a
+    bare number is the count."""
     if "," not in text:
-        return positive_int(text)
+        try:
+            return positive_int(text)
+        except (ValueError, argparse.ArgumentTypeError):
+            raise argparse.ArgumentTypeError(f"{text} is not allowed: give N >= 1 (seeds 0..N-1), "
+                                             "S1,S2,... (those seeds) or S, (seed S alone)")
+    parts = text[:-1].split(",") if text.endswith(",") else text.split(",")
     try:
-        seeds = [int(part) for part in text.split(",")]
+        seeds = [int(part) for part in parts]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text} is not allowed: give N or a list of integer seeds S1,S2,...")
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: give N >= 1 (seeds 0..N-1), "
+                                         "S1,S2,... (those seeds) or S, (seed S alone)")
     if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"{text} is not allowed: seeds are distinct integers >= 0")
     return seeds
@@ -65,7 +72,8 @@ def parse_args(argv: list[str]):
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                         help="a swept key and its values (repeat for a cartesian product)")
     parser.add_argument("--seeds", type=seeds_arg,
-                        help="N: seeds 0..N-1 for every grid point (config key `seed`); S1,S2,...: those seeds")
+                        help="N: seeds 0..N-1 for every grid point (config key `seed`); S1,S2,...: those seeds; "
+                             "S,: seed S alone")
     parser.add_argument("--named-config", action="append", default=[], help="a named config for every point")
     parser.add_argument("--name", help="the sweep's tag (default: the --sweep name, else 'grid')")
     parser.add_argument("--done-in", metavar="FILE",

@@ -361,14 +361,17 @@ def test_command_line_lists_points_and_refuses_bad_values_in_one_line(capsys):
 
 
 def test_seeds_as_a_list_runs_exactly_those_seeds_with_the_points_the_seed_count_gives(capsys):
-    """`--seeds 1,2` is the rest of a seed rule: the same points (and keys) as those seeds of
-    `--seeds 3`, so a sweep resumed later with `--seeds 3` counts them as done."""
+    """`--seeds 1,2` (or `--seeds 2,`: one seed) is the rest of a seed rule: the same points (and
+    keys) as those seeds of `--seeds 3`, so a sweep resumed later with `--seeds 3` counts them as done."""
     assert sweep_command([GROKKING, "--sweep", "phase_mse_seeds", "--seeds", "1,2", "--list"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert sweep_command([GROKKING, "--sweep", "phase_mse_seeds", "--seeds", "3", "--list"]) == 0
     counted = capsys.readouterr().out.splitlines()
     assert len(listed) == 176 * 2 and {line.rsplit("seed=", 1)[1] for line in listed} == {"1", "2"}
     assert listed == [line for line in counted if not line.endswith("seed=0")]
+    assert sweep_command([GROKKING, "--sweep", "phase_mse_seeds", "--seeds", "2,", "--list"]) == 0
+    alone = capsys.readouterr().out.splitlines()  # `2,` is seed 2 alone; a bare `2` would be seeds 0 and 1
+    assert alone == [line for line in counted if line.endswith("seed=2")] and len(alone) == 176
 
 
 def test_listing_points_into_a_closed_pipe_is_quiet():

@@ -210,8 +210,10 @@ def test_server_that_never_comes_back_sends_runs_to_the_fallback_then_sync_and_r
     (["--sweep", "nope"], "--sweep 'nope': "),
     (["--grid", "decoder_lr"], "--grid decoder_lr: expected KEY=V1,V2,..."),
     (["--grid", "decoder_lrr=1,2"], "ConfigAddedError: Added new config entry that is not used anywhere (decoder_lrr=1)"),
-    (["--seeds", "0"], "--seeds: 0 is not allowed: give an integer >= 1"),
-    (["--seeds", "1,x"], "--seeds: 1,x is not allowed: give N or a list of integer seeds S1,S2,..."),
+    (["--seeds", "0"], "--seeds: 0 is not allowed: give N >= 1 (seeds 0..N-1), S1,S2,... (those seeds) or S, "
+                       "(seed S alone)"),
+    (["--seeds", "1,x"], "--seeds: 1,x is not allowed: give N >= 1"),
+    (["--seeds", ","], "--seeds: , is not allowed: give N >= 1"),
     (["--seeds", "1,1"], "--seeds: 1,1 is not allowed: seeds are distinct integers >= 0"),
     (["--seeds", "2", "with", "nope"], 'NamedConfigNotFoundError: Named config not found: "nope"'),
     (["--grid", "decoder_lr=-1"], "harness.ConfigError: decoder_lr=-1 is not allowed: decoder_lr must be > 0"),
