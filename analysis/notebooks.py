@@ -73,9 +73,11 @@ def _describe(source: str) -> dict:
 def _settings() -> dict:
     """The TOYLAB_* variables a notebook may read besides its source (which sweep, which runs
     table, which seed rule), so the rendered copy says what it was rendered with; never one
-    that may hold a credential (a URL, a user or a password)."""
+    that may hold a credential (a URL, a user or a password). A path is recorded as the source is
+    (``_located``): a committed table by its place in the repository."""
     secret = ("URL", "USER", "PASSWORD", "SECRET", "TOKEN")
-    return {name: value for name, value in sorted(os.environ.items())
+    return {name: _located(value) if os.path.isabs(value) and Path(value).exists() else value
+            for name, value in sorted(os.environ.items())
             if name.startswith("TOYLAB_") and name not in SOURCES  # the source is recorded as such
             and not any(word in name for word in secret) and "://" not in value}
 

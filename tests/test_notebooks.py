@@ -25,6 +25,11 @@ def test_committed_notebook_shows_its_outputs(path):
     rendered = notebook.metadata.get("toylab", {}).get("rendered", {})
     assert rendered.get("source") and rendered.get("at"), f"{path.name}: not rendered by python -m analysis.notebooks"
     assert "mongodb://" not in nbformat.writes(notebook)  # a URL (and its password) never lands in a notebook
+    for value in [rendered["source"], *rendered.get("settings", {}).values()]:
+        # a file of the repository is named by its place in it, not by the machine it was rendered on
+        parts = Path(value).parts
+        inside = [Path(*parts[i:]) for i in range(1, len(parts)) if (REPO / Path(*parts[i:])).is_file()]
+        assert not (Path(value).is_absolute() and inside), f"{path.name}: {value} is {inside[0]} of the repository"
 
 
 def test_every_notebook_is_executed_by_a_test():
@@ -53,9 +58,15 @@ def test_a_render_records_its_settings_but_never_a_credential(monkeypatch):
     monkeypatch.setenv("TOYLAB_TEST_MONGO_URL", "mongodb://toylab:hunter2@127.0.0.1:27017")
     monkeypatch.setenv("TOYLAB_MONGO_PASSWORD", "hunter2")
     monkeypatch.setenv("TOYLAB_ELSEWHERE", "mongodb://toylab:hunter2@127.0.0.1:27018")
+    monkeypatch.setenv("TOYLAB_PHASE_SOURCE", str(REPO / "docs" / "results" / "phase_mse_seeds.csv"))
+    monkeypatch.setenv("TOYLAB_OUTSIDE", str(Path(sys.executable).resolve()))
     settings = _settings()
     assert settings["TOYLAB_PHASE_SWEEP"] == "phase_mse_seeds" and settings["TOYLAB_SEED_RULE"] == "0..9"
     assert "hunter2" not in repr(settings)
+    # a committed table by its place in the repository (no one's machine in a committed copy),
+    # a path outside it as it is
+    assert settings["TOYLAB_PHASE_SOURCE"] == "docs/results/phase_mse_seeds.csv"
+    assert settings["TOYLAB_OUTSIDE"] == str(Path(sys.executable).resolve())
 
 
 def test_a_runs_table_renders_only_a_notebook_that_reads_one(tmp_path):
