@@ -343,8 +343,8 @@ CPU_EPOCHS = {
     "small_lstm_5s5a": 1280,
     "small_vanilla_5s5a": 160,  # at 80: seed 2 0.433, gaining 0.011 (seeds 0, 1 plateaued)
     # at 80: seed 0 0.464, gaining 0.024, so 160; at 160: seeds 1, 2 0.52, gaining 0.026 and 0.027
-    # (seed 0 plateaued at 0.523)
-    "deep_rnn_5s5a": 320,
+    # (seed 0 plateaued at 0.523), so 320; at 320: seed 0 0.536, gaining 0.012 (seed 1 plateaued)
+    "deep_rnn_5s5a": 640,
     # at 80: 0.70-0.72 in 0 of 3, gaining 0.070-0.084 and rising 0.03-0.04 per 10 epochs, ~0.3 below
     # the large LSTM's 1.0 on 5s5a: a doubling would end still rising, so 4x
     "lstm_5s8a": 320,
