@@ -34,18 +34,14 @@ def seeds_arg(text: str):
     """--seeds N (seeds 0..N-1) or --seeds S1,S2,... (those seeds: the rest of a seed rule
     that an earlier session or machine has already run); one seed S alone is ``S,``, since a
     bare number is the count."""
-    if "," not in text:
-        try:
-            return positive_int(text)
-        except (ValueError, argparse.ArgumentTypeError):
-            raise argparse.ArgumentTypeError(f"{text} is not allowed: give N >= 1 (seeds 0..N-1), "
-                                             "S1,S2,... (those seeds) or S, (seed S alone)")
-    parts = text[:-1].split(",") if text.endswith(",") else text.split(",")
-    try:
-        seeds = [int(part) for part in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text} is not allowed: give N >= 1 (seeds 0..N-1), "
+    refused = argparse.ArgumentTypeError(f"{text} is not allowed: give N >= 1 (seeds 0..N-1), "
                                          "S1,S2,... (those seeds) or S, (seed S alone)")
+    try:
+        if "," not in text:
+            return positive_int(text)
+        seeds = [int(part) for part in (text[:-1] if text.endswith(",") else text).split(",")]
+    except (ValueError, argparse.ArgumentTypeError):
+        raise refused from None
     if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"{text} is not allowed: seeds are distinct integers >= 0")
     return seeds
